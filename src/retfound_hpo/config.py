@@ -1,0 +1,286 @@
+"""Typed, validated params.yaml: one dataclass per section, one place for defaults and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DATA_FORMATS = ("aptos", "messidor")
+ARCHS = ("vit_demo", "vit_large_patch16_224")
+SPACE_TYPES = ("categorical", "int", "float")
+# Hyperparameters the objective knows how to use; a search-space entry must name one of these.
+TUNABLE = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout", "weight_decay")
+METRICS = ("accuracy", "kappa", "auroc", "f1")
+
+
+class ConfigError(ValueError):
+    """A params value that is not allowed; the message names key, value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    enabled: bool = True
+    out_dir: str = "data/demo"
+    n_domain_a: int = 1500
+    n_domain_b: int = 400
+    lesion_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    format: Literal["aptos", "messidor"] = "aptos"
+    csv: str = "data/demo/aptos/train.csv"
+    images: str = "data/demo/aptos/train_images"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    prepared_dir: str = "data/prepared"
+    splits_dir: str = "data/splits"
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    checkpoint: str = "models/demo_backbone/checkpoint.pth"
+    arch: Literal["vit_demo", "vit_large_patch16_224"] = "vit_demo"
+    input_size: int = 96
+    num_classes: int = 5
+    drop_path_rate: float = 0.1
+    lora_targets: tuple[str, ...] = ("qkv",)
+    lora_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_workers: int = 0
+    weight_decay: float = 0.05
+    class_balance: Literal["loss", "sampler", "none"] = "loss"
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    device: str = "auto"
+    eval_batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class HpoConfig:
+    study_name: str = "retfound_lora_search"
+    output_dir: str = "results/optuna"
+    n_trials: int = 50
+    timeout_hours: float | None = None
+    num_epochs: int = 10
+    early_stopping_patience: int = 3
+    metric: Literal["accuracy", "kappa", "auroc", "f1"] = "accuracy"
+    sampler_startup_trials: int = 10
+    pruner_startup_trials: int = 3
+    pruner_warmup_epochs: int = 2
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.output_dir) / self.study_name
+
+
+@dataclass(frozen=True)
+class TrainBestConfig:
+    epochs: int = 30
+    early_stopping_patience: int = 5
+    output_dir: str = "models/best_model"
+    results_dir: str = "results/train"
+
+
+@dataclass(frozen=True)
+class EvalDataset:
+    name: str
+    format: Literal["aptos", "messidor"]
+    csv: str
+    images: str
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    datasets: tuple[EvalDataset, ...] = ()
+    output_dir: str = "results/eval"
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    enabled: bool = False
+    project: str = "diabetic-retinopathy-hpo"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hpo: HpoConfig = field(default_factory=HpoConfig)
+    train_best: TrainBestConfig = field(default_factory=TrainBestConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ConfigError naming the first bad key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    params = _build(Params, raw, "")
+    _check_values(params)
+    return params
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a dict, type-checking each field; unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{key}: unknown key; allowed keys here: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):  # Optional[...]
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(args)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):  # "qkv,proj" is accepted for lists of names
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+def _check_values(p: Params) -> None:
+    """Range checks that types alone cannot express."""
+    d, m, t, h, tb = p.data, p.model, p.train, p.hpo, p.train_best
+    _require(d.format in DATA_FORMATS, "data.format", d.format, f"choose one of {DATA_FORMATS}")
+    for key, frac in (
+        ("data.val_fraction", d.val_fraction),
+        ("data.test_fraction", d.test_fraction),
+    ):
+        _require(0 < frac < 0.5, key, frac, "must be between 0 and 0.5")
+    _require(d.demo.n_domain_a >= 20, "data.demo.n_domain_a", d.demo.n_domain_a, "must be >= 20")
+    _require(d.demo.n_domain_b >= 0, "data.demo.n_domain_b", d.demo.n_domain_b, "must be >= 0")
+    _require(d.demo.lesion_scale > 0, "data.demo.lesion_scale", d.demo.lesion_scale, "must be > 0")
+    _require(
+        m.input_size % 16 == 0 and m.input_size >= 32,
+        "model.input_size",
+        m.input_size,
+        "must be a multiple of 16 (the patch size), at least 32",
+    )
+    _require(m.num_classes >= 2, "model.num_classes", m.num_classes, "must be >= 2")
+    _require(
+        0 <= m.drop_path_rate < 1, "model.drop_path_rate", m.drop_path_rate, "must be in [0, 1)"
+    )
+    _require(
+        len(m.lora_targets) > 0, "model.lora_targets", m.lora_targets, "list at least one module"
+    )
+    _require(t.num_workers >= 0, "train.num_workers", t.num_workers, "must be >= 0")
+    _require(h.n_trials >= 1, "hpo.n_trials", h.n_trials, "must be >= 1")
+    _require(
+        h.timeout_hours is None or h.timeout_hours > 0,
+        "hpo.timeout_hours",
+        h.timeout_hours,
+        "must be > 0 or null",
+    )
+    _require(h.num_epochs >= 1, "hpo.num_epochs", h.num_epochs, "must be >= 1")
+    _require(
+        h.early_stopping_patience >= 1,
+        "hpo.early_stopping_patience",
+        h.early_stopping_patience,
+        "must be >= 1",
+    )
+    _require(
+        bool(h.study_name) and "/" not in h.study_name,
+        "hpo.study_name",
+        h.study_name,
+        "must be a non-empty name without '/'",
+    )
+    for key in ("sampler_startup_trials", "pruner_startup_trials", "pruner_warmup_epochs"):
+        _require(getattr(h, key) >= 0, f"hpo.{key}", getattr(h, key), "must be >= 0")
+    _require(tb.epochs >= 1, "train_best.epochs", tb.epochs, "must be >= 1")
+    names = [ds.name for ds in p.evaluate.datasets]
+    _require(
+        len(set(names)) == len(names) and "test" not in names,
+        "evaluate.datasets",
+        names,
+        "names must be unique and not 'test' (the held-out split)",
+    )
+    check_search_space(h.search_space)
+
+
+def check_search_space(space: dict[str, dict[str, Any]]) -> None:
+    """Validate hpo.search_space entries: type, bounds, choices."""
+    _require(bool(space), "hpo.search_space", space, "define at least one hyperparameter")
+    for name, spec in space.items():
+        key = f"hpo.search_space.{name}"
+        _require(name in TUNABLE, key, name, f"known hyperparameters: {list(TUNABLE)}")
+        _require(isinstance(spec, dict), key, spec, "expected a mapping with a 'type'")
+        kind = spec.get("type")
+        _require(kind in SPACE_TYPES, f"{key}.type", kind, f"choose one of {list(SPACE_TYPES)}")
+        allowed = {
+            "categorical": {"type", "choices"},
+            "int": {"type", "low", "high", "step", "log"},
+            "float": {"type", "low", "high", "step", "log"},
+        }[kind]
+        extra = sorted(set(spec) - allowed)
+        _require(
+            not extra,
+            f"{key}.{extra[0] if extra else ''}",
+            extra,
+            f"allowed keys for {kind}: {sorted(allowed)}",
+        )
+        if kind == "categorical":
+            choices = spec.get("choices")
+            _require(
+                isinstance(choices, list) and len(choices) > 0,
+                f"{key}.choices",
+                choices,
+                "give a non-empty list",
+            )
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        for bound, v in (("low", low), ("high", high)):
+            _require(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+                f"{key}.{bound}",
+                v,
+                "give a finite number",
+            )
+        _require(low <= high, f"{key}.low", low, f"must be <= high ({high})")
+        _require(not spec.get("log") or low > 0, f"{key}.low", low, "log scale needs low > 0")

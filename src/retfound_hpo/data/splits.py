@@ -1,0 +1,65 @@
+"""Patient-level, grade-stratified train/val/test split from the seed."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from retfound_hpo.data.formats import DatasetError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def split_dataset(
+    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
+    """Split images so that each patient lands in exactly one split, stratified by grade.
+
+    A patient's stratum is their worst grade, so both eyes follow the more severe one.
+    """
+    patients = table.groupby("patient")["grade"].max()
+    counts = patients.value_counts()
+    # Each split needs at least one patient of every grade it stratifies on.
+    needed = max(2, round(1 / min(val_fraction, test_fraction)))
+    rare = counts[counts < needed]
+    if not rare.empty:
+        raise DatasetError(
+            f"grade {int(rare.index[0])} has {int(rare.iloc[0])} patient(s); stratified "
+            f"splitting needs at least {needed} per grade (lower data.val_fraction / "
+            f"data.test_fraction or add data)"
+        )
+    rest, test = train_test_split(
+        patients.index, test_size=test_fraction, stratify=patients.values, random_state=seed
+    )
+    val_share = val_fraction / (1 - test_fraction)
+    train, val = train_test_split(
+        rest, test_size=val_share, stratify=patients.loc[rest].values, random_state=seed + 1
+    )
+    out = {}
+    for name, ids in zip(SPLITS, (train, val, test), strict=True):
+        part = table[table["patient"].isin(set(ids))].sort_values("id").reset_index(drop=True)
+        out[name] = part
+        log.info(
+            "%s: %d images, grades %s",
+            name,
+            len(part),
+            part["grade"].value_counts().sort_index().to_dict(),
+        )
+    return out
+
+
+def summarize_splits(splits: dict[str, pd.DataFrame], num_classes: int = 5) -> dict:
+    """Counts per split and grade, for the data summary metric."""
+    summary = {}
+    for name, part in splits.items():
+        counts = part["grade"].value_counts()
+        summary[name] = {
+            "images": len(part),
+            "patients": int(part["patient"].nunique()),
+            **{f"grade_{g}": int(counts.get(g, 0)) for g in range(num_classes)},
+        }
+    return summary

@@ -1,0 +1,265 @@
+"""The one training loop, used by every HPO trial and by train-best."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from retfound_hpo.config import TrainConfig
+from retfound_hpo.data.preprocess import load_prepared
+from retfound_hpo.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class CachedImages(Dataset):
+    """Prepared images (N, S, S, 3) uint8, usually memory-mapped, with their grades."""
+
+    def __init__(self, images: np.ndarray, grades: np.ndarray):
+        self.images, self.grades = images, np.asarray(grades, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.grades)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (3, S, S) uint8
+        return image, int(self.grades[i])
+
+
+def load_cached(folder: str | Path) -> CachedImages:
+    """A prepared set (see data.preprocess) as a dataset."""
+    images, index = load_prepared(folder)
+    return CachedImages(images, index["grade"].to_numpy())
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    images_per_second: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision where the hardware has it: bf16, else fp16 on older GPUs; none on CPU."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class Normalizer(nn.Module):
+    """uint8 (B, 3, S, S) on any device -> ImageNet-normalised float."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random flips and brightness/contrast jitter on a normalised batch (B, 3, S, S)."""
+    b = x.shape[0]
+    rand = torch.rand(b, 4, generator=generator).to(x.device)
+    x = torch.where(rand[:, 0].view(b, 1, 1, 1) < 0.5, x.flip(3), x)  # left/right eye mirror
+    x = torch.where(rand[:, 1].view(b, 1, 1, 1) < 0.5, x.flip(2), x)
+    contrast = (0.8 + 0.4 * rand[:, 2]).view(b, 1, 1, 1)
+    brightness = (rand[:, 3] - 0.5).view(b, 1, 1, 1) * 0.4
+    return x * contrast + brightness
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+    amp: str = "auto",
+    desc: str = "predict",
+) -> np.ndarray:
+    """Class probabilities (N, C) for prepared images (N, S, S, 3) uint8."""
+    device = device or next(model.parameters()).device
+    dtype = autocast_dtype(amp, device)
+    normalize = Normalizer().to(device)
+    model.eval()
+    loader = DataLoader(CachedImages(images, np.zeros(len(images))), batch_size=batch_size)
+    out = []
+    for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
+        with _autocast(device, dtype):
+            logits = model(normalize(x.to(device, non_blocking=True)))  # (B, C)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def _train_loader(
+    data: CachedImages,
+    batch_size: int,
+    cfg: TrainConfig,
+    seed: int,
+    num_classes: int,
+    device: torch.device,
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if cfg.class_balance == "sampler":
+        counts = np.bincount(data.grades, minlength=num_classes).clip(min=1)
+        weights = torch.as_tensor(1.0 / counts[data.grades], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, len(data), generator=generator)
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=cfg.num_workers,
+        drop_last=len(data) > batch_size,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_data: CachedImages,
+    val_data: CachedImages,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    patience: int,
+    metric: str,
+    cfg: TrainConfig,
+    seed: int,
+    num_classes: int = 5,
+    on_epoch_end: EpochCallback | None = None,
+) -> FitResult:
+    """Train the trainable parameters of `model`; validate each epoch; keep the best epoch.
+
+    Stops after `patience` epochs without improvement of val `metric`. `on_epoch_end` receives
+    (epoch, row) and may raise (e.g. optuna.TrialPruned) to stop the run.
+    """
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(cfg.amp, device)
+    model.to(device)
+    normalize = Normalizer().to(device)
+    loader = _train_loader(train_data, batch_size, cfg, seed, num_classes, device)
+    aug_generator = torch.Generator().manual_seed(seed + 1)
+
+    class_weights = None
+    if cfg.class_balance == "loss":  # inverse-frequency weights keep training off "always grade 0"
+        counts = np.bincount(train_data.grades, minlength=num_classes).clip(min=1)
+        class_weights = torch.tensor(
+            len(train_data.grades) / (num_classes * counts), dtype=torch.float32, device=device
+        )
+    criterion = nn.CrossEntropyLoss(weight=class_weights)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=learning_rate, weight_decay=weight_decay, fused=device.type == "cuda"
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    result, best_state, bad_epochs, seen, train_time = FitResult(), None, 0, 0, 0.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start, loss_sum = time.perf_counter(), 0.0
+        for x, y in tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None):
+            x = normalize(x.to(device, non_blocking=True))  # (B, 3, S, S)
+            y = y.to(device, non_blocking=True)  # (B,)
+            x = augment(x, aug_generator)
+            with _autocast(device, dtype):
+                loss = criterion(model(x).float(), y)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+        epoch_time = time.perf_counter() - start
+        train_time += epoch_time
+
+        probs = predict_proba(
+            model, val_data.images, cfg.eval_batch_size, device, cfg.amp, desc="validate"
+        )
+        val = classification_metrics(val_data.grades, probs)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(1, len(loader.dataset)),
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": epoch_time,
+            **{f"val_{k}": v for k, v in val.items()},
+        }
+        result.history.append(row)
+        improved = not result.best_metrics or val[metric] > result.best_metrics[metric]
+        if improved:
+            result.best_epoch, result.best_metrics, bad_epochs = epoch, val, 0
+            best_state = copy.deepcopy(
+                {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            )
+        else:
+            bad_epochs += 1
+        log.info(
+            "epoch %d/%d loss %.4f val acc %.2f kappa %.3f auroc %.3f (%.1fs)%s",
+            epoch,
+            epochs,
+            row["train_loss"],
+            val["accuracy"],
+            val["kappa"],
+            val["auroc"],
+            epoch_time,
+            " *" if improved else "",
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        if bad_epochs >= patience:
+            log.info("early stopping: no val %s improvement for %d epochs", metric, patience)
+            break
+
+    result.images_per_second = seen / max(train_time, 1e-9)
+    if best_state is not None:  # hand back the best epoch's weights, not the last epoch's
+        model.load_state_dict(best_state, strict=False)
+    return result

@@ -1,0 +1,32 @@
+"""Stage evaluate-cross-dataset: the trained model on the held-out test split and other datasets."""
+
+from pathlib import Path
+
+from retfound_hpo.cli import run_stage
+from retfound_hpo.config import load_params
+from retfound_hpo.evaluate import evaluate_datasets
+from retfound_hpo.io import write_json_atomic
+from retfound_hpo.model import load_trained_model
+
+
+def main() -> None:
+    params = load_params("params.yaml")
+    prepared, out = Path(params.data.prepared_dir), Path(params.evaluate.output_dir)
+    model, _ = load_trained_model(params.train_best.output_dir)
+    datasets = {
+        "test": prepared / "test",
+        **{ds.name: prepared / ds.name for ds in params.evaluate.datasets},
+    }
+    metrics = evaluate_datasets(
+        model,
+        datasets,
+        out / "datasets",
+        device=params.train.device,
+        amp=params.train.amp,
+        batch_size=params.train.eval_batch_size,
+    )
+    write_json_atomic(out / "metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,74 @@
+"""Shared fixtures: small synthetic inputs made in tmp_path; no network, no downloads."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def mae_checkpoint(tmp_path):
+    """A random demo-size encoder saved in RETFound's MAE layout (norm, mask_token, decoder_*)."""
+    from retfound_hpo.config import ModelConfig
+    from retfound_hpo.pretrain import MaskedAutoencoder
+
+    torch.manual_seed(0)
+    path = tmp_path / "mae.pth"
+    torch.save({"model": MaskedAutoencoder(ModelConfig()).retfound_state_dict()}, path)
+    return path
+
+
+def fundus_like(rng: np.random.Generator, size: int = 64, border: int = 8) -> np.ndarray:
+    """A bright disc on a black border, (size, size + 2*border, 3) uint8."""
+    h, w = size, size + 2 * border
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (size / 2 - 1) ** 2
+    img = np.zeros((h, w, 3), np.uint8)
+    img[disc] = rng.integers(60, 200, size=(int(disc.sum()), 3))
+    return img
+
+
+def tiny_params(tmp_path, checkpoint, **sections):
+    """Params for fast tests: 32 px inputs, two trials of two epochs, outputs under tmp_path."""
+    import yaml
+
+    from retfound_hpo.config import load_params
+
+    data = {
+        "seed": 0,
+        "model": {"checkpoint": str(checkpoint), "input_size": 32},
+        "train": {"eval_batch_size": 64},
+        "hpo": {
+            "output_dir": str(tmp_path / "optuna"),
+            "n_trials": 2,
+            "num_epochs": 2,
+            "early_stopping_patience": 2,
+            "sampler_startup_trials": 2,
+            "search_space": {
+                "lora_r": {"type": "categorical", "choices": [4, 8]},
+                "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                "batch_size": {"type": "categorical", "choices": [16]},
+                "dropout": {"type": "float", "low": 0.1, "high": 0.5},
+            },
+        },
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_params(path)
+
+
+def easy_images(n: int, seed: int = 0, size: int = 32):
+    """Images whose grade is written in their brightness: learnable in a couple of epochs."""
+    from retfound_hpo.train import CachedImages
+
+    rng = np.random.default_rng(seed)
+    grades = np.arange(n) % 5
+    images = grades[:, None, None, None] * 50 + rng.integers(0, 20, (n, size, size, 3))
+    return CachedImages(images.astype(np.uint8), grades)

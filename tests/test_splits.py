@@ -1,0 +1,49 @@
+import pandas as pd
+import pytest
+
+from retfound_hpo.data.formats import DatasetError
+from retfound_hpo.data.splits import split_dataset, summarize_splits
+
+
+def table(n_patients=200, eyes=2):
+    rows = []
+    for p in range(n_patients):
+        for eye in ("left", "right")[:eyes]:
+            left = [0, 0, 0, 1, 2, 2, 3, 4][p % 8]
+            grade = left if eye == "left" or p % 2 == 0 else 0
+            rows.append({"id": f"{p}_{eye}", "path": "", "grade": grade, "patient": str(p)})
+    return pd.DataFrame(rows)
+
+
+def test_patients_never_straddle_splits():
+    splits = split_dataset(table(), 0.15, 0.15, seed=1)
+    owners = {name: set(part["patient"]) for name, part in splits.items()}
+    assert not owners["train"] & owners["val"]
+    assert not owners["train"] & owners["test"]
+    assert not owners["val"] & owners["test"]
+    assert sum(len(p) for p in splits.values()) == 400
+
+
+def test_split_is_stratified_and_seeded():
+    a = split_dataset(table(), 0.15, 0.15, seed=1)
+    b = split_dataset(table(), 0.15, 0.15, seed=1)
+    c = split_dataset(table(), 0.15, 0.15, seed=2)
+    assert a["test"]["id"].tolist() == b["test"]["id"].tolist()
+    assert a["test"]["id"].tolist() != c["test"]["id"].tolist()
+    for part in a.values():  # every grade appears in every split
+        assert set(part["grade"]) == {0, 1, 2, 3, 4}
+
+
+def test_too_rare_grade_is_an_error():
+    t = table(80, eyes=1)
+    t.loc[t["grade"] == 4, "grade"] = 3
+    t.loc[0, "grade"] = 4
+    with pytest.raises(DatasetError, match="grade 4 has 1 patient"):
+        split_dataset(t, 0.15, 0.15, seed=0)
+
+
+def test_summary_counts():
+    splits = split_dataset(table(), 0.15, 0.15, seed=1)
+    summary = summarize_splits(splits)
+    assert sum(s["images"] for s in summary.values()) == 400
+    assert summary["train"]["images"] == sum(summary["train"][f"grade_{g}"] for g in range(5))

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import easy_images
+from retfound_hpo.config import ModelConfig, TrainConfig
+from retfound_hpo.model import build_model
+from retfound_hpo.train import NonFiniteLossError, fit, predict_proba
+
+
+def model_for(checkpoint):
+    torch.manual_seed(0)  # LoRA and head initialisation draw from the global generator
+    return build_model(ModelConfig(checkpoint=str(checkpoint), input_size=32), 8, 16, 0.1)
+
+
+def run(model, epochs=6, patience=10, lr=5e-3, callback=None, train=None):
+    return fit(
+        model,
+        train or easy_images(100),
+        easy_images(50, seed=1),
+        epochs=epochs,
+        batch_size=16,
+        learning_rate=lr,
+        weight_decay=0.0,
+        patience=patience,
+        metric="accuracy",
+        cfg=TrainConfig(),
+        seed=0,
+        on_epoch_end=callback,
+    )
+
+
+def test_fit_learns_an_easy_task_and_keeps_the_best_epoch(mae_checkpoint):
+    model = model_for(mae_checkpoint)
+    seen = []
+    result = run(model, callback=lambda epoch, row: seen.append((epoch, row["val_accuracy"])))
+    assert [e for e, _ in seen] == list(range(1, 7))
+    assert result.best_metrics["accuracy"] == max(acc for _, acc in seen) > 40  # chance is 20
+    probs = predict_proba(model, easy_images(50, seed=1).images)
+    restored = 100 * (probs.argmax(1) == np.arange(50) % 5).mean()
+    assert restored == pytest.approx(result.best_metrics["accuracy"])  # best weights, not last
+
+
+def test_early_stopping_after_patience(mae_checkpoint):
+    result = run(model_for(mae_checkpoint), epochs=20, patience=1, lr=1e-9)
+    assert result.epochs_run < 20
+    assert result.epochs_run - result.best_epoch == 1
+
+
+def test_same_seed_same_result(mae_checkpoint):
+    a = run(model_for(mae_checkpoint), epochs=2).history
+    b = run(model_for(mae_checkpoint), epochs=2).history
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_non_finite_loss_stops_training(mae_checkpoint):
+    with pytest.raises(NonFiniteLossError, match="epoch 1"):
+        run(model_for(mae_checkpoint), epochs=2, lr=1e30)
+
+
+def test_callback_can_stop_the_run(mae_checkpoint):
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(epoch, row):
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(model_for(mae_checkpoint), epochs=5, callback=stop_at_2)
