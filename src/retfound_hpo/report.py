@@ -1,0 +1,243 @@
+"""Stage export-report: the study as summary_report.md plus plots/*.png and plots/*.html."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from retfound_hpo.io import write_text_atomic
+from retfound_hpo.plots import Plot, render_plots
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "summary_report.md"
+TOP_K = 10
+STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
+def write_report(
+    study: optuna.Study,
+    out_dir: Path,
+    search_space: dict[str, dict],
+    objective_name: str = "best_val_acc",
+    num_epochs: int | None = None,
+    png_backend: str = "auto",
+    storage_url: str | None = None,
+) -> Path:
+    """Write out_dir/summary_report.md and out_dir/plots/*.png + *.html; return the report path.
+
+    png_backend: "auto" (kaleido if Chrome/Chromium is installed, else matplotlib), "plotly"
+    or "matplotlib". storage_url, when given, is shown with the optuna-dashboard command.
+    """
+    if len(study.directions) != 1:
+        raise ValueError("write_report handles single-objective studies only")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a run that was killed before it could clean up (one stage runs at a time).
+    for leftover in out_dir.glob(".plots.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    # Plots go to a fresh folder that replaces plots/ only once everything is drawn: an
+    # interrupted run leaves the previous outputs whole, and no stale plot survives a rerun.
+    staging = out_dir / f".plots.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        plots, backend = render_plots(study, staging, objective_name, png_backend)
+        text = "\n".join(
+            _sections(study, search_space, objective_name, num_epochs, storage_url, plots, backend)
+        )
+        _replace_dir(staging, out_dir / "plots")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    path = out_dir / REPORT_NAME
+    write_text_atomic(path, text)
+    log.info("wrote %s", path)
+    return path
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    old = new.with_suffix(".old.tmp")
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sections(
+    study: optuna.Study,
+    space: dict[str, dict],
+    objective: str,
+    num_epochs: int | None,
+    storage_url: str | None,
+    plots: list[Plot],
+    backend: str,
+) -> Iterable[str]:
+    """The report's Markdown, a line (or block) at a time."""
+    trials = study.get_trials(deepcopy=False)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    yield f"# Hyperparameter search report: {study.study_name}\n"
+    yield f"- Study: `{study.study_name}`"
+    yield f"- Storage: `{storage_url}`" if storage_url else "- Storage: not given"
+    yield f"- Objective: `{objective}`, {'maximized' if maximize else 'minimized'}\n"
+
+    yield "## Study statistics\n"
+    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    shown = list(STATES) + [s for s in TrialState if s not in STATES and counts[s]]
+    rows = [[s.name, counts[s]] for s in shown] + [["**Total**", len(trials)]]
+    yield from _table(["State", "Trials"], rows)
+
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE),
+        key=lambda t: (-t.value if maximize else t.value, t.number),
+    )
+    yield from _best_and_top(complete, space, objective)
+
+    yield "## Search space\n"
+    keys = list(dict.fromkeys(k for spec in space.values() for k in spec))
+    rows = [[name, *(_fmt(spec.get(k)) for k in keys)] for name, spec in space.items()]
+    yield from _table(["Parameter", *keys], rows)
+
+    yield from _time_spent(trials)
+    yield from _epochs_saved(trials, num_epochs)
+
+    failed = [t for t in trials if "fail_reason" in t.user_attrs]
+    if failed:
+        yield "## Failed and diverged trials\n"
+        rows = [[t.number, t.state.name, t.user_attrs["fail_reason"]] for t in failed]
+        yield from _table(["Trial", "State", "Reason"], rows)
+
+    if storage_url:
+        yield "## Open the study interactively\n"
+        yield f"```bash\noptuna-dashboard {storage_url}\n```\n"
+
+    yield "## Plots\n"
+    yield f"PNG backend: {backend}. Each plot is also an interactive HTML file (works offline).\n"
+    for plot in plots:
+        links = f"[PNG](plots/{plot.name}.png) · [interactive HTML](plots/{plot.name}.html)"
+        yield f"### {plot.title}\n"
+        if plot.unavailable:
+            yield f"Not available: {plot.unavailable} ({links})\n"
+        elif plot.main:
+            yield f"![{plot.title}](plots/{plot.name}.png)\n\n{links}\n"
+        else:
+            yield f"{links}\n"
+
+
+def _best_and_top(
+    complete: list[FrozenTrial], space: dict[str, dict], objective: str
+) -> Iterable[str]:
+    """Best trial in full, then the top-K table and the spread of their values."""
+    yield "## Best trial\n"
+    if not complete:
+        yield "No completed trials yet: no best trial, top-10 table or value statistics.\n"
+        return
+    best = complete[0]
+    yield f"- Trial: {best.number}"
+    yield f"- {objective}: {_fmt(best.value)}\n"
+    yield from _table(["Parameter", "Value"], [[k, _fmt(v)] for k, v in best.params.items()])
+    attrs = [[k, _fmt(v)] for k, v in sorted(best.user_attrs.items())]
+    yield from _table(["User attribute", "Value"], attrs)
+
+    top = complete[:TOP_K]
+    names = _param_names(space, top)
+    yield f"## Top {len(top)} completed trials\n"
+    rows = [
+        [rank, t.number, _fmt(t.value), *(_fmt(t.params.get(p)) for p in names)]
+        + [_fmt(t.user_attrs.get("epochs_run"))]
+        for rank, t in enumerate(top, 1)
+    ]
+    yield from _table(["Rank", "Trial", objective, *names, "epochs_run"], rows)
+    values = [t.value for t in top]
+    std = _fmt(statistics.stdev(values)) if len(values) > 1 else "n/a (1 trial)"
+    yield f"- Mean {objective} of the top {len(top)}: {_fmt(statistics.mean(values))}"
+    yield f"- Standard deviation (sample, n − 1): {std}\n"
+
+
+def _time_spent(trials: Sequence[FrozenTrial]) -> Iterable[str]:
+    durations = [t.duration for t in trials if t.duration is not None]
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.state == TrialState.COMPLETE]
+    yield "## Time spent\n"
+    yield (
+        f"- Sum of trial durations: {_hms(sum(durations, timedelta()))} "
+        f"({len(durations)} finished trials)"
+    )
+    wall = _hms(max(ends) - min(starts)) if ends else "n/a (no completed trial)"
+    yield f"- Wall clock, first trial start → last trial completion: {wall}\n"
+
+
+def _epochs_saved(trials: Sequence[FrozenTrial], num_epochs: int | None) -> Iterable[str]:
+    """Epochs run against the budget had every finished trial run all num_epochs."""
+    yield "## Epochs saved by pruning and early stopping\n"
+    if num_epochs is None:
+        yield "Epoch budget (hpo.num_epochs) not given; nothing to compare against.\n"
+        return
+    finished = [t for t in trials if t.state.is_finished()]
+    rows, total = [], [0, 0, 0]
+    for state, cause in [
+        (TrialState.COMPLETE, "early stopping"),
+        (TrialState.PRUNED, "pruning"),
+        (TrialState.FAIL, ""),
+    ]:
+        runs = [
+            t.user_attrs["epochs_run"]
+            for t in finished
+            if t.state == state and "epochs_run" in t.user_attrs
+        ]
+        row = [len(runs), sum(runs), len(runs) * num_epochs]
+        total = [a + b for a, b in zip(total, row, strict=True)]
+        rows.append([f"{state.name} ({cause})" if cause else state.name, *row, *_saved(row)])
+    rows.append(["**Total**", *total, *_saved(total)])
+    yield f"Budget: {num_epochs} epochs per trial.\n"
+    yield from _table(["State", "Trials", "Epochs run", "Budget", "Epochs saved", "Saved %"], rows)
+    missing = sum("epochs_run" not in t.user_attrs for t in finished)
+    if missing:
+        yield f"{missing} finished trial(s) recorded no epochs_run and are not counted.\n"
+
+
+def _saved(row: list[int]) -> list[Any]:
+    _, run, budget = row
+    return [budget - run, f"{100 * (budget - run) / budget:.1f}" if budget else "n/a"]
+
+
+def _param_names(space: dict[str, dict], trials: Sequence[FrozenTrial]) -> list[str]:
+    """Search-space order first, then any parameter the space does not list."""
+    seen = {p for t in trials for p in t.params}
+    return [p for p in space if p in seen] + sorted(seen - set(space))
+
+
+def _table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> Iterable[str]:
+    yield "| " + " | ".join(_cell(h) for h in header) + " |"
+    yield "|" + "---|" * len(header)
+    for row in rows:
+        yield "| " + " | ".join(_cell(v) for v in row) + " |"
+    yield ""
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _hms(delta: timedelta) -> str:
+    return str(timedelta(seconds=round(delta.total_seconds())))
