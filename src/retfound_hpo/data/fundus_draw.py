@@ -1,0 +1,354 @@
+"""Drawing primitives for synthetic fundus photographs: vessel trees, lesion shapes, masks.
+
+Geometry is in native pixel coordinates (x right, y down). Shapes are drawn as 8-bit alpha
+masks on a supersampled PIL canvas and box-reduced, which anti-aliases thin vessels and tiny
+lesions without per-pixel Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SS = 2  # supersampling factor of the mask canvases
+
+
+@dataclass(frozen=True)
+class Eye:
+    """Geometry of one photograph, drawn as a left eye (disc left, +x temporal)."""
+
+    h: int
+    w: int
+    centre: tuple[float, float]  # FOV centre
+    radius: float  # FOV radius: all sizes scale with it
+    disc: tuple[float, float]
+    dd: float  # disc diameter
+    fovea: tuple[float, float]
+    right: bool  # a right eye is mirrored at the end, so its disc sits on the right as seen
+
+    @property
+    def step(self) -> float:  # vessel centre-line sampling step (px)
+        return max(2.0, 0.018 * self.radius)
+
+
+class Masks:
+    """Lazily created supersampled alpha canvases, one per material ("vein", "blood", ...)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.size = (width * SS, height * SS)
+        self._images: dict[str, Image.Image] = {}
+        self._draws: dict[str, ImageDraw.ImageDraw] = {}
+
+    def __getitem__(self, name: str) -> ImageDraw.ImageDraw:
+        if name not in self._draws:
+            self._images[name] = Image.new("L", self.size, 0)
+            self._draws[name] = ImageDraw.Draw(self._images[name])
+        return self._draws[name]
+
+    def alpha(self, name: str, blur: float = 0.0) -> tuple[tuple[slice, slice], np.ndarray] | None:
+        """Native-resolution alpha in [0, 1] over the bounding box of what was drawn on
+        `name`, as (box slices, alpha); None when nothing was drawn."""
+        img = self._images[name].reduce(SS) if name in self._images else None
+        bbox = img.getbbox() if img is not None else None
+        if bbox is None:
+            return None
+        m = math.ceil(3 * blur) + 1  # room for the blur to spread
+        x0, y0 = max(bbox[0] - m, 0), max(bbox[1] - m, 0)
+        x1, y1 = min(bbox[2] + m, img.width), min(bbox[3] + m, img.height)
+        img = img.crop((x0, y0, x1, y1))
+        if blur > 0:
+            img = img.filter(ImageFilter.GaussianBlur(blur))
+        box = (slice(y0, y1), slice(x0, x1))
+        return box, np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+
+
+# Drawing primitives
+
+
+def smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, amp: float) -> np.ndarray:
+    """Band-limited noise in about [-amp, amp]: a coarse random grid upsampled bicubically."""
+    grid = rng.uniform(-amp, amp, (cells, cells)).astype(np.float32)
+    return np.array(Image.fromarray(grid, "F").resize((w, h), Image.Resampling.BICUBIC))
+
+
+def disk(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, value: float = 255) -> None:
+    x, y, r = x * SS, y * SS, max(r * SS, 0.5)
+    draw.ellipse((x - r, y - r, x + r, y + r), fill=int(value))
+
+
+def polygon(draw: ImageDraw.ImageDraw, pts: np.ndarray, value: float = 255) -> None:
+    draw.polygon((pts * SS).ravel().tolist(), fill=int(value))
+
+
+def stroke(draw: ImageDraw.ImageDraw, pts: np.ndarray, widths: np.ndarray, value: float = 255):
+    """Tapered polyline. Runs of equal (supersampled, integer) width go in one PIL call;
+    calibres under one canvas pixel are drawn 1 px wide but proportionally fainter."""
+    p, w = pts * SS, np.asarray(widths) * SS
+    wi = np.maximum(1, np.rint(w)).astype(int)
+    fade = np.minimum(1.0, w)
+    start = 0
+    for i in range(1, len(p) + 1):
+        if i == len(p) or wi[i] != wi[start] or abs(fade[i] - fade[start]) > 0.15:
+            seg = p[max(start - 1, 0) : i]
+            if len(seg) >= 2:
+                v = int(value * fade[start])
+                draw.line(seg.ravel().tolist(), fill=v, width=int(wi[start]), joint="curve")
+            start = i
+
+
+def blob(
+    rng: np.random.Generator,
+    x: float,
+    y: float,
+    rx: float,
+    ry: float | None = None,
+    angle: float = 0.0,
+    wobble: float = 0.2,
+    n: int = 18,
+) -> np.ndarray:
+    """Irregular closed outline: an ellipse whose radius is perturbed by low harmonics."""
+    ry = rx if ry is None else ry
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    k = np.arange(2, 5)[:, None]
+    amp = wobble * rng.uniform(0, 1, (3, 1)) / (k - 1)
+    rad = 1 + (amp * np.cos(k * t + rng.uniform(0, 2 * np.pi, (3, 1)))).sum(0)
+    ex, ey = rx * rad * np.cos(t), ry * rad * np.sin(t)
+    c, s = math.cos(angle), math.sin(angle)
+    return np.stack([x + c * ex - s * ey, y + s * ex + c * ey], 1)
+
+
+def boat(x: float, y: float, half_width: float, depth: float) -> np.ndarray:
+    """Pre-retinal (sub-hyaloid) haemorrhage: a flat fluid level on top, a rounded keel below."""
+    t = np.linspace(0, np.pi, 28)
+    return np.stack([x + half_width * np.cos(t), y + depth * np.sin(t) ** 0.7], 1)
+
+
+def tangle(
+    rng: np.random.Generator, x: float, y: float, spread: float, step: float, loops: int
+) -> list[np.ndarray]:
+    """Neovascular frond: short, strongly curling random walks around (x, y)."""
+    out = []
+    for _ in range(loops):
+        n = int(rng.integers(12, 30))
+        turn = (1.0 if rng.random() < 0.5 else -1.0) * rng.uniform(0.1, 0.35)
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(turn + rng.normal(0, 0.7, n))
+        steps = step * np.stack([np.cos(heading), np.sin(heading)], 1)
+        start = np.array([x, y]) + rng.normal(0, spread, 2)
+        out.append(start + np.cumsum(steps, 0))
+    return out
+
+
+# Vascular tree
+
+
+@dataclass
+class Vessel:
+    """One unbranched vessel segment."""
+
+    points: np.ndarray  # (N, 2) centre line
+    widths: np.ndarray  # (N,) calibre in px
+    vein: bool
+    depth: int  # 0 = trunk leaving the disc
+
+
+MIN_VESSEL_WIDTH = 0.6  # px; thinner vessels end
+
+
+def grow(
+    rng: np.random.Generator,
+    eye: Eye,
+    out: list[Vessel],
+    start: np.ndarray,
+    heading: float,
+    width: float,
+    bend: float,
+    bend_len: float,
+    vein: bool,
+    depth: int = 0,
+) -> None:
+    """Grow one vessel (vectorised along its length) and, recursively, its branches.
+
+    `bend` (rad/px) decays over `bend_len` px, so trunks arc and then straighten, like the
+    temporal arcades around the macula. Each branch point narrows the parent.
+    """
+    step, radius = eye.step, eye.radius
+    if width < MIN_VESSEL_WIDTH:
+        return
+    s = step * np.arange(1, int((2.2 if depth == 0 else 1.2) * radius / step) + 1)
+    branch_at = np.searchsorted(s, np.cumsum(rng.uniform(0.12, 0.3, 12) * radius))
+    branch_at = branch_at[branch_at < len(s)]
+    drop = np.ones(len(s))
+    drop[branch_at] = rng.uniform(0.85, 0.95, len(branch_at))
+    widths = width * np.exp(-s / (3.0 * radius)) * np.cumprod(drop)
+    n = int(np.searchsorted(-widths, -MIN_VESSEL_WIDTH, side="right"))  # widths only decrease
+    if n < 3:
+        return
+    s, widths = s[:n], widths[:n]
+    wiggle = rng.normal(0, 0.4 * math.sqrt(step / radius), n)  # tortuosity independent of step
+    heading_s = heading + np.cumsum(bend * np.exp(-s / bend_len) * step + wiggle)
+    pts = start + np.cumsum(step * np.stack([np.cos(heading_s), np.sin(heading_s)], 1), 0)
+    inside = np.hypot(*(pts - eye.centre).T) < radius * 0.985
+    ok = inside & (np.hypot(*(pts - eye.fovea).T) > 0.4 * eye.dd)  # foveal avascular zone
+    end = int(np.argmin(ok)) if not ok.all() else n
+    if end < 3:
+        return
+    out.append(Vessel(np.vstack([start, pts[:end]]), np.r_[width, widths[:end]], vein, depth))
+    if depth >= 3:
+        return
+    for i in branch_at[branch_at < end]:
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        child_w = widths[i] * rng.uniform(0.4, 0.75)
+        grow(
+            rng,
+            eye,
+            out,
+            pts[i],
+            heading_s[i] + side * rng.uniform(0.45, 1.1),
+            child_w,
+            side * rng.uniform(0.0, 1.2) / radius,
+            radius,
+            vein,
+            depth + 1,
+        )
+
+
+def vascular_tree(rng: np.random.Generator, eye: Eye) -> list[Vessel]:
+    """Arteries and veins leaving the disc: temporal arcades arching above and below the
+    macula, nasal trunks, and thin macular branches. Main veins are ~0.0105 FOV diameters."""
+    radius, out, vein_width = eye.radius, [], 0.021 * eye.radius
+    trunks = []  # (heading, bend rad/px, bend length px, calibre relative to the main vein)
+    for sign in (-1.0, 1.0):  # superior, inferior
+        turn, length = rng.uniform(1.5, 1.9), rng.uniform(0.35, 0.5) * radius
+        trunks.append(
+            (sign * (np.pi / 2 - rng.uniform(0.1, 0.4)), -sign * turn / length, length, 1.0)
+        )
+        trunks.append(
+            (
+                sign * (np.pi / 2 + rng.uniform(0.35, 0.8)),
+                sign * 0.5 / radius,
+                radius,
+                rng.uniform(0.6, 0.8),
+            )
+        )
+        trunks.append((sign * rng.uniform(0.15, 0.45), 0.0, radius, rng.uniform(0.3, 0.45)))
+    trunks.append((np.pi + rng.normal(0, 0.25), 0.0, radius, rng.uniform(0.45, 0.6)))
+    for heading, bend, length, rel in trunks:
+        for vein in (True, False):
+            start = np.asarray(eye.disc) + rng.normal(0, 0.012 * radius, 2)
+            w = vein_width * rel * (1.0 if vein else rng.uniform(0.68, 0.78))
+            h = heading + rng.normal(0, 0.1)
+            grow(rng, eye, out, start, h, w, bend * rng.uniform(0.9, 1.1), length, vein)
+    return out
+
+
+def draw_vessels(masks: Masks, vessels: list[Vessel]) -> None:
+    for v in vessels:
+        stroke(masks["vein" if v.vein else "artery"], v.points, v.widths)
+        if not v.vein and v.widths[0] > 2.5:  # central light reflex on larger arteries
+            stroke(masks["reflex"], v.points, v.widths * 0.28, 140)
+
+
+# DR lesions
+
+
+def fov_points(rng: np.random.Generator, eye: Eye, n: int, quadrant: int | None = None):
+    """Up to n points in the FOV, biased to the posterior pole, off the disc. Quadrants
+    0-3 split the retina at the fovea: superior/inferior x nasal/temporal."""
+    m = 8 * n + 16
+    pts = np.where(
+        rng.random((m, 1)) < 0.6,
+        np.asarray(eye.fovea) + rng.normal(0, 0.45 * eye.radius, (m, 2)),
+        np.asarray(eye.centre) + rng.uniform(-1, 1, (m, 2)) * eye.radius,
+    )
+    ok = (np.hypot(*(pts - eye.centre).T) < 0.9 * eye.radius) & (
+        np.hypot(*(pts - eye.disc).T) > 0.75 * eye.dd
+    )
+    if quadrant is not None:
+        d = pts - eye.fovea
+        ok &= ((d[:, 1] < 0) == (quadrant < 2)) & ((d[:, 0] < 0) == (quadrant % 2 == 0))
+    return pts[ok][:n]
+
+
+def draw_lesions(
+    rng: np.random.Generator,
+    eye: Eye,
+    grade: int,
+    scale: float,
+    masks: Masks,
+    vessels: list[Vessel],
+) -> bool:
+    """Draw the DR lesions of `grade` (ICDR 0-4); `scale` multiplies size and contrast.
+    Sizes are fractions of the FOV diameter D. Returns whether hard exudates lie near the
+    fovea (diabetic macular oedema)."""
+    D, c, dme = 2 * eye.radius, min(1.0, scale), False
+    if grade == 0:
+        return dme
+    # Microaneurysms: ~0.025 D, i.e. >= 2 px after cropping the retina to 96 px.
+    n_ma = {1: (3, 7), 2: (6, 14), 3: (10, 20), 4: (8, 18)}[grade]
+    for x, y in fov_points(rng, eye, int(rng.integers(*n_ma, endpoint=True))):
+        disk(masks["blood"], x, y, 0.5 * rng.uniform(0.022, 0.03) * D * scale, 235 * c)
+    if grade == 1:
+        return dme
+    n_haem = int(rng.integers(3, 9) if grade == 2 else rng.integers(5, 9))
+    for q in [None] if grade == 2 else range(4):  # severe NPDR: in all four quadrants
+        for x, y in fov_points(rng, eye, n_haem, q):  # dot/blot: a few overlapping lobes
+            r, v = 0.5 * rng.uniform(0.025, 0.05) * D * scale, rng.uniform(150, 230) * c
+            for _ in range(int(rng.integers(1, 4))):
+                ox, oy = rng.normal(0, 0.35 * r, 2)
+                outline = blob(
+                    rng, x + ox, y + oy, r, r * rng.uniform(0.7, 1), rng.uniform(0, np.pi), 0.3
+                )
+                polygon(masks["blood"], outline, v)
+    for x, y in fov_points(rng, eye, int(rng.integers(0, 3 if grade == 2 else 6))):
+        ang = math.atan2(y - eye.disc[1], x - eye.disc[0])  # flames follow the nerve fibres
+        ln = rng.uniform(0.04, 0.08) * D * scale
+        polygon(masks["blood"], blob(rng, x, y, ln / 2, ln / 6, ang, 0.1), 220 * c)
+    if rng.random() < (0.75 if grade == 2 else 0.65):  # hard exudates: yellow clusters
+        for _ in range(int(rng.integers(1, 4))):
+            off, ang = rng.uniform(0.8, 2.5) * eye.dd, rng.uniform(0, 2 * np.pi)
+            cx, cy = eye.fovea[0] + off * math.cos(ang), eye.fovea[1] + off * math.sin(ang)
+            dme |= off < 1.6 * eye.dd
+            k = int(rng.integers(6, 26))
+            if rng.random() < 0.3:  # circinate ring around a leaking area
+                t = rng.uniform(0, 1.5 * np.pi) + np.linspace(0, rng.uniform(2, 5), k)
+                rr = rng.uniform(0.05, 0.09) * D
+                pts = np.stack([cx + rr * np.cos(t), cy + rr * np.sin(t)], 1)
+                pts += rng.normal(0, 0.006 * D, pts.shape)
+            else:
+                pts = np.array([cx, cy]) + rng.normal(0, rng.uniform(0.015, 0.04) * D, (k, 2))
+            for (x, y), r in zip(pts, rng.uniform(0.004, 0.012, k) * D * scale, strict=True):
+                polygon(masks["exudate"], blob(rng, x, y, r, wobble=0.4, n=8), 240 * c)
+    if grade == 2:
+        return dme
+    for _ in range(int(rng.integers(2, 7))):  # cotton-wool spots, near the arcades
+        v = vessels[rng.integers(len(vessels))]
+        x, y = v.points[rng.integers(len(v.points))] + rng.normal(0, 0.03 * D, 2)
+        if math.hypot(x - eye.centre[0], y - eye.centre[1]) < 0.88 * eye.radius:
+            r = 0.5 * rng.uniform(0.05, 0.09) * D * scale
+            outline = blob(rng, x, y, r, r * rng.uniform(0.6, 0.9), rng.uniform(0, np.pi), 0.45)
+            polygon(masks["cws"], outline, 170 * c)
+    veins = [v for v in vessels if v.vein and v.depth <= 1 and len(v.points) > 30]
+    for i in rng.permutation(len(veins))[: int(rng.integers(1, 4))]:  # venous beading
+        v, a = veins[i], int(rng.integers(3, len(veins[i].points) - 25))
+        for j in range(a, a + 24, 3):
+            disk(masks["vein"], *v.points[j], 0.5 * v.widths[j] * (1 + 0.8 * scale))
+    if grade == 3:
+        return dme
+    for _ in range(int(rng.integers(1, 3))):  # neovascularisation at the disc or an arcade
+        if rng.random() < 0.5 or not veins:
+            x, y = np.asarray(eye.disc) + rng.normal(0, 0.35 * eye.dd, 2)
+        else:
+            v = veins[rng.integers(len(veins))]
+            x, y = v.points[rng.integers(len(v.points) // 3, len(v.points))]
+        for loop in tangle(rng, x, y, 0.025 * D, 0.007 * D * scale, int(rng.integers(8, 16))):
+            stroke(masks["nv"], loop, np.full(len(loop), 0.005 * D * scale), 255 * c)
+        if rng.random() < 0.4:  # fibrous tissue veiling the frond
+            disk(masks["fibrous"], x, y, 0.05 * D * scale, 150 * c)
+    if rng.random() < 0.7:  # pre-retinal haemorrhage: boat-shaped, fluid level on top
+        for x, y in fov_points(rng, eye, 1):
+            hw = 0.5 * rng.uniform(0.12, 0.22) * D * scale
+            polygon(masks["blood"], boat(x, y, hw, hw * rng.uniform(0.5, 0.8)), 255 * c)
+    return dme
