@@ -16,10 +16,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--lesion-scale", type=float, default=2.0, help="as data.demo.lesion_scale")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stats = pretrain_demo_backbone(
-        args.out, n_images=args.images, epochs=args.epochs, seed=args.seed
+        args.out,
+        n_images=args.images,
+        epochs=args.epochs,
+        seed=args.seed,
+        lesion_scale=args.lesion_scale,
     )
     print(json.dumps(stats, indent=2))
 

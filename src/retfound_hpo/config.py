@@ -30,7 +30,7 @@ class DemoConfig:
     out_dir: str = "data/demo"
     n_domain_a: int = 1500
     n_domain_b: int = 400
-    lesion_scale: float = 1.0
+    lesion_scale: float = 2.0
 
 
 @dataclass(frozen=True)

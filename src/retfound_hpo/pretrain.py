@@ -124,6 +124,7 @@ def pretrain_demo_backbone(
     batch_size: int = 128,
     lr: float = 1.5e-3,
     seed: int = 2024,
+    lesion_scale: float = 2.0,
     cfg: ModelConfig | None = None,
 ) -> dict[str, float]:
     """Generate unlabelled demo images (camera A only), pretrain an MAE on them, save the file."""
@@ -131,7 +132,13 @@ def pretrain_demo_backbone(
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         # A seed of its own: the pretraining images are not the pipeline's train/val/test images.
-        dirs = write_demo_datasets(Path(tmp) / "demo", n_domain_a=n_images, n_domain_b=0, seed=seed)
+        dirs = write_demo_datasets(
+            Path(tmp) / "demo",
+            n_domain_a=n_images,
+            n_domain_b=0,
+            seed=seed,
+            lesion_scale=lesion_scale,
+        )
         table = read_dataset("aptos", dirs["aptos"] / "train.csv", dirs["aptos"] / "train_images")
         data = load_cached(prepare_images(table, Path(tmp) / "prepared", cfg.input_size))
         images = torch.from_numpy(data.images[:]).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
@@ -170,6 +177,7 @@ def pretrain_demo_backbone(
         {
             "model": state,
             "pretrain": {
+                "lesion_scale": lesion_scale,
                 "images": n_images,
                 "epochs": epochs,
                 "seed": seed,
