@@ -20,10 +20,12 @@ def main() -> None:
     metrics = evaluate_datasets(
         model,
         datasets,
-        out / "datasets",
+        out,
         device=params.train.device,
         amp=params.train.amp,
         batch_size=params.train.eval_batch_size,
+        bootstrap_samples=params.evaluate.bootstrap_samples,
+        seed=params.seed,
     )
     write_json_atomic(out / "metrics.json", metrics)
 

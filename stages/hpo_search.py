@@ -1,10 +1,12 @@
 """Stage hpo-search: run (or resume) the Optuna study and write the guide's output files."""
 
+import sys
 from pathlib import Path
 
 from retfound_hpo.cli import run_stage
 from retfound_hpo.config import load_params
-from retfound_hpo.search import run_search, write_search_outputs
+from retfound_hpo.search import run_search
+from retfound_hpo.study_files import write_search_outputs
 from retfound_hpo.train import load_cached
 
 
@@ -12,10 +14,12 @@ def main() -> None:
     params = load_params("params.yaml")
     prepared = Path(params.data.prepared_dir)
     train, val = load_cached(prepared / "train"), load_cached(prepared / "val")  # never test
-    study = run_search(params, train, val)
-    best = write_search_outputs(study, params)
+    study, interrupted = run_search(params, train, val)
+    best = write_search_outputs(study, params)  # also after Ctrl-C: keep what completed
+    if interrupted:
+        sys.exit(130)
     if best is None:
-        raise SystemExit(f"no trial completed; see {params.hpo.study_dir / 'trials.csv'}")
+        sys.exit(f"no trial completed; see {params.hpo.study_dir / 'trials.csv'}")
     print(f"best trial {best['best_trial']}: {best}")
 
 

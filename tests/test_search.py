@@ -1,14 +1,21 @@
 import json
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from conftest import easy_images, tiny_params
 from retfound_hpo.config import ConfigError
-from retfound_hpo.search import open_study, run_search, storage_url, write_search_outputs
+from retfound_hpo.search import open_study, run_search, storage_url
+from retfound_hpo.study_files import write_search_outputs
 
 GUIDE_COLUMNS = [
     "trial_number",
@@ -31,7 +38,7 @@ def data():
 
 def test_search_writes_the_guides_outputs(tmp_path, mae_checkpoint, data):
     params = tiny_params(tmp_path, mae_checkpoint)
-    study = run_search(params, *data)
+    study, _ = run_search(params, *data)
     best = write_search_outputs(study, params)
     out = params.hpo.study_dir
     trials = pd.read_csv(out / "trials.csv")
@@ -58,10 +65,10 @@ def test_search_writes_the_guides_outputs(tmp_path, mae_checkpoint, data):
 
 def test_raising_n_trials_continues_the_same_study(tmp_path, mae_checkpoint, data):
     params = tiny_params(tmp_path, mae_checkpoint)
-    first = [(t.params, t.value) for t in run_search(params, *data).trials]
-    assert len(run_search(params, *data).trials) == 2  # nothing left to do
+    first = [(t.params, t.value) for t in run_search(params, *data)[0].trials]
+    assert len(run_search(params, *data)[0].trials) == 2  # nothing left to do
     more = tiny_params(tmp_path, mae_checkpoint, hpo={"n_trials": 3})
-    trials = run_search(more, *data).trials
+    trials = run_search(more, *data)[0].trials
     assert len(trials) == 3
     assert [(t.params, t.value) for t in trials[:2]] == first
     assert trials[2].params != trials[0].params  # a resumed sampler does not replay trial 0
@@ -74,7 +81,7 @@ def test_interrupted_trial_is_failed_on_resume(tmp_path, mae_checkpoint, data):
     reopened = open_study(params)
     (trial,) = reopened.trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
-    assert len(run_search(params, *data).trials) == 2  # the failed one counts toward n_trials
+    assert len(run_search(params, *data)[0].trials) == 2  # the failed one counts toward n_trials
 
 
 def test_changed_search_space_needs_a_new_study_name(tmp_path, mae_checkpoint, data):
@@ -86,9 +93,181 @@ def test_changed_search_space_needs_a_new_study_name(tmp_path, mae_checkpoint, d
 
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, mae_checkpoint, data):
     params = tiny_params(tmp_path, mae_checkpoint, model={"checkpoint": str(tmp_path / "no.pth")})
-    study = run_search(params, *data)
+    study, _ = run_search(params, *data)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert "not found" in study.trials[0].user_attrs["fail_reason"]
     assert write_search_outputs(study, params) is None
     loaded = optuna.load_study(study_name=params.hpo.study_name, storage=storage_url(params))
     assert len(loaded.trials) == 2
+
+
+def test_out_of_memory_fails_the_trial_fast_and_the_next_one_runs(
+    tmp_path, mae_checkpoint, data, monkeypatch
+):
+    import retfound_hpo.search as search
+
+    real_fit, calls = search.fit, []
+
+    def fit_oom_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search, "fit", fit_oom_first)
+    study, _ = run_search(tiny_params(tmp_path, mae_checkpoint), *data)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["fail_reason"].startswith("out of memory at batch_size 16")
+
+
+def test_ctrl_c_ends_the_trial_and_keeps_what_completed(
+    tmp_path, mae_checkpoint, data, monkeypatch
+):
+    import retfound_hpo.search as search
+
+    real_fit = search.fit
+
+    def fit_then_interrupt(*args, **kwargs):
+        if len(search_trials()) == 3:  # the third trial is running
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"n_trials": 3})
+
+    def search_trials():
+        return optuna.load_study(
+            study_name=params.hpo.study_name, storage=storage_url(params)
+        ).trials
+
+    monkeypatch.setattr(search, "fit", fit_then_interrupt)
+    study, interrupted = run_search(params, *data)
+    assert interrupted
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+    ]
+    write_search_outputs(study, params)
+    assert len(pd.read_csv(params.hpo.study_dir / "trials.csv")) == 3
+    assert (params.hpo.study_dir / "best_params.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "pruner"), [("random", "hyperband"), ("tpe", "successive_halving"), ("tpe", "none")]
+)
+def test_sampler_and_pruner_choices(tmp_path, mae_checkpoint, data, sampler, pruner):
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"sampler": sampler, "pruner": pruner})
+    study, _ = run_search(params, *data)
+    assert type(study.sampler).__name__.lower().startswith(sampler)
+    expected = {
+        "hyperband": "HyperbandPruner",
+        "successive_halving": "SuccessiveHalvingPruner",
+        "none": "NopPruner",
+    }[pruner]
+    assert type(study.pruner).__name__ == expected
+    assert len(study.trials) == 2
+
+
+def test_multi_objective_keeps_a_pareto_front(tmp_path, mae_checkpoint, data):
+    space = {
+        "lora_r": {"type": "categorical", "choices": [4, 32]},
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+    }
+    params = tiny_params(
+        tmp_path,
+        mae_checkpoint,
+        hpo={"multi_objective": True, "search_space": space, "n_trials": 3},
+    )
+    study, _ = run_search(params, *data)
+    assert study.directions == [
+        optuna.study.StudyDirection.MAXIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+    ]
+    for t in study.trials:
+        assert t.values[1] == t.user_attrs["trainable_params"]
+        assert t.intermediate_values == {}  # no pruning reports in this mode
+    best = write_search_outputs(study, params)
+    trials = pd.read_csv(params.hpo.study_dir / "trials.csv")
+    assert "objective_trainable_params" in trials.columns
+    assert best["best_trial"] in {t.number for t in study.best_trials}
+
+
+def test_trials_record_hparams_throughput_and_memory(tmp_path, mae_checkpoint, data):
+    space = {
+        "lora_r": {"type": "categorical", "choices": [4]},
+        "lora_targets": {"type": "categorical", "choices": ["qkv,proj,fc1,fc2"]},
+        "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+        "layer_decay": {"type": "float", "low": 0.6, "high": 0.9},
+        "warmup_epochs": {"type": "int", "low": 1, "high": 1},
+    }
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"search_space": space, "n_trials": 1})
+    (trial,) = run_search(params, *data)[0].trials
+    attrs = trial.user_attrs
+    assert attrs["hparams"]["lora_targets"] == "qkv,proj,fc1,fc2"
+    # LoRA on all four linear layers of 4 blocks at r=4 (+ head 965 + fc_norm 384)
+    per_block = 4 * ((192 + 576) + (192 + 192) + (192 + 768) + (768 + 192))
+    assert attrs["trainable_params"] == 4 * per_block + 965 + 384
+    assert attrs["images_per_second"] > 0 and attrs["peak_memory_mb"] > 0
+    write_search_outputs(run_search(params, *data)[0], params)
+    row = pd.read_csv(params.hpo.study_dir / "trials.csv").iloc[0]
+    assert row["lora_targets"] == "qkv,proj,fc1,fc2" and row["peak_memory_mb"] > 0
+
+
+def test_kill_9_mid_trial_then_resume(tmp_path, mae_checkpoint, data):
+    """A search killed with SIGKILL keeps its completed trials; the next run fails the cut-off
+    trial and runs on to n_trials."""
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"n_trials": 3})
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        DRIVER.format(tests=str(Path(__file__).parent), params=str(tmp_path / "params.yaml"))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(driver)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            states = (
+                [t.state for t in search_trials(params)]
+                if params.hpo.study_dir.joinpath("study.db").exists()
+                else []
+            )
+            if states == [TrialState.COMPLETE, TrialState.RUNNING]:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"driver never reached a running second trial: {states}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = search_trials(params)[0]
+    study, _ = run_search(params, *data)
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+    assert study.trials[0].value == first.value and study.trials[0].params == first.params
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
+
+
+def search_trials(params):
+    return optuna.load_study(study_name=params.hpo.study_name, storage=storage_url(params)).trials
+
+
+DRIVER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import easy_images
+import retfound_hpo.search as search
+from retfound_hpo.config import load_params
+
+real_fit, calls = search.fit, []
+def fit_hanging_second(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        time.sleep(600)  # killed here
+    return real_fit(*args, **kwargs)
+search.fit = fit_hanging_second
+search.run_search(load_params({params!r}), easy_images(60), easy_images(30, seed=1))
+"""

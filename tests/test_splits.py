@@ -47,3 +47,35 @@ def test_summary_counts():
     summary = summarize_splits(splits)
     assert sum(s["images"] for s in summary.values()) == 400
     assert summary["train"]["images"] == sum(summary["train"][f"grade_{g}"] for g in range(5))
+
+
+def test_eyepacs_eyes_of_a_patient_share_a_split(tmp_path):
+    from PIL import Image
+
+    from retfound_hpo.data.formats import read_dataset
+
+    (tmp_path / "train").mkdir()
+    lines = ["image,level"]
+    for p in range(10, 130):  # eyes of one patient often differ in grade
+        left = [0, 0, 0, 1, 2, 2, 3, 4][p % 8]
+        for eye, grade in (("left", left), ("right", left if p % 3 else 0)):
+            lines.append(f"{p}_{eye},{grade}")
+            Image.new("RGB", (4, 4)).save(tmp_path / "train" / f"{p}_{eye}.jpeg")
+    (tmp_path / "trainLabels.csv").write_text("\n".join(lines) + "\n")
+    table = read_dataset("eyepacs", tmp_path / "trainLabels.csv", tmp_path / "train")
+    splits = split_dataset(table, 0.15, 0.15, seed=3)
+    where = {i: name for name, part in splits.items() for i in part["id"]}
+    assert len(where) == 240
+    for p in range(10, 130):
+        assert where[f"{p}_left"] == where[f"{p}_right"]
+    for part in splits.values():  # rows still point at the labels file
+        assert part.index.name == "row"
+        assert all(lines[row - 1].startswith(i + ",") for row, i in part["id"].items())
+
+
+def test_too_rare_grade_names_the_labels_file():
+    t = table(80, eyes=1)
+    t.loc[t["grade"] == 4, "grade"] = 3
+    t.loc[0, "grade"] = 4
+    with pytest.raises(DatasetError, match=r"^labels.csv: grade 4 has 1 .*1 grade\(s\) too rare"):
+        split_dataset(t, 0.15, 0.15, seed=0, source="labels.csv")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,11 +11,8 @@ from typing import Any, Literal
 
 import yaml
 
-DATA_FORMATS = ("aptos", "messidor")
-ARCHS = ("vit_demo", "vit_large_patch16_224")
-SPACE_TYPES = ("categorical", "int", "float")
-# Hyperparameters the objective knows how to use; a search-space entry must name one of these.
-TUNABLE = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout", "weight_decay")
+DATA_FORMATS = ("aptos", "eyepacs", "messidor", "idrid", "csv")
+ARCHS = ("vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2")
 METRICS = ("accuracy", "kappa", "auroc", "f1")
 
 
@@ -35,9 +31,16 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    format: Literal["aptos", "messidor"] = "aptos"
+    format: Literal["aptos", "eyepacs", "messidor", "idrid", "csv"] = "aptos"
     csv: str = "data/demo/aptos/train.csv"
     images: str = "data/demo/aptos/train_images"
+    skip_bad_rows: bool = False  # drop (and log) bad rows and unreadable images instead of stopping
+    # format "csv" only: which columns hold what; image = <images>/<path_template><extension>
+    id_column: str | None = None
+    label_column: str | None = None  # grades 0-4
+    patient_column: str | None = None  # none: every image is its own patient
+    path_template: str | None = None  # {id}, {label}, {patient}; default "{id}"
+    extension: str | None = None  # e.g. ".png"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     prepared_dir: str = "data/prepared"
@@ -48,7 +51,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     checkpoint: str = "models/demo_backbone/checkpoint.pth"
-    arch: Literal["vit_demo", "vit_large_patch16_224"] = "vit_demo"
+    arch: Literal["vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2"] = "vit_demo"
     input_size: int = 96
     num_classes: int = 5
     drop_path_rate: float = 0.1
@@ -64,6 +67,10 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
     eval_batch_size: int = 128
+    grad_accum_steps: int = 1  # batches per optimizer step, for batches that do not fit
+    warmup_epochs: int = 0  # linear warmup, then cosine decay
+    label_smoothing: float = 0.0  # RETFound recipe: 0.1
+    layer_decay: float = 1.0  # layer-wise lr decay; RETFound recipe: 0.65
 
 
 @dataclass(frozen=True)
@@ -75,9 +82,14 @@ class HpoConfig:
     num_epochs: int = 10
     early_stopping_patience: int = 3
     metric: Literal["accuracy", "kappa", "auroc", "f1"] = "accuracy"
-    sampler_startup_trials: int = 10
-    pruner_startup_trials: int = 3
-    pruner_warmup_epochs: int = 2
+    multi_objective: bool = False  # also minimise trainable parameters (Pareto front; no pruning)
+    sampler: Literal["tpe", "random"] = "tpe"
+    sampler_startup_trials: int = 10  # TPE: random trials before it models the space
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    pruner_startup_trials: int = 3  # median: trials finished before any pruning
+    pruner_warmup_epochs: int = 2  # median: epochs a trial always gets
+    pruner_min_epochs: int = 1  # hyperband / successive halving: the smallest budget
+    pruner_reduction_factor: int = 3  # hyperband / successive halving
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -96,15 +108,30 @@ class TrainBestConfig:
 @dataclass(frozen=True)
 class EvalDataset:
     name: str
-    format: Literal["aptos", "messidor"]
+    format: Literal["aptos", "eyepacs", "messidor", "idrid", "csv"]
     csv: str
     images: str
+    # The same reader options as data.* (see DataConfig).
+    skip_bad_rows: bool = False
+    id_column: str | None = None
+    label_column: str | None = None
+    patient_column: str | None = None
+    path_template: str | None = None
+    extension: str | None = None
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     datasets: tuple[EvalDataset, ...] = ()
     output_dir: str = "results/eval"
+    bootstrap_samples: int = 1000  # resamples for the 95% intervals (seeded by `seed`); 0: none
+
+    def __post_init__(self) -> None:
+        if self.bootstrap_samples < 0:
+            raise ConfigError(
+                f"evaluate.bootstrap_samples: {self.bootstrap_samples!r} is not allowed; "
+                "must be >= 0 (0 turns the intervals off)"
+            )
 
 
 @dataclass(frozen=True)
@@ -197,11 +224,12 @@ def _check_values(p: Params) -> None:
     _require(d.demo.n_domain_a >= 20, "data.demo.n_domain_a", d.demo.n_domain_a, "must be >= 20")
     _require(d.demo.n_domain_b >= 0, "data.demo.n_domain_b", d.demo.n_domain_b, "must be >= 0")
     _require(d.demo.lesion_scale > 0, "data.demo.lesion_scale", d.demo.lesion_scale, "must be > 0")
+    patch = 14 if "patch14" in m.arch else 16
     _require(
-        m.input_size % 16 == 0 and m.input_size >= 32,
+        m.input_size % patch == 0 and m.input_size >= 2 * patch,
         "model.input_size",
         m.input_size,
-        "must be a multiple of 16 (the patch size), at least 32",
+        f"must be a multiple of {patch} (the patch size of {m.arch}), at least {2 * patch}",
     )
     _require(m.num_classes >= 2, "model.num_classes", m.num_classes, "must be >= 2")
     _require(
@@ -211,6 +239,12 @@ def _check_values(p: Params) -> None:
         len(m.lora_targets) > 0, "model.lora_targets", m.lora_targets, "list at least one module"
     )
     _require(t.num_workers >= 0, "train.num_workers", t.num_workers, "must be >= 0")
+    _require(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
+    _require(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")
+    _require(
+        0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "must be in [0, 1)"
+    )
+    _require(0 < t.layer_decay <= 1, "train.layer_decay", t.layer_decay, "must be in (0, 1]")
     _require(h.n_trials >= 1, "hpo.n_trials", h.n_trials, "must be >= 1")
     _require(
         h.timeout_hours is None or h.timeout_hours > 0,
@@ -233,6 +267,13 @@ def _check_values(p: Params) -> None:
     )
     for key in ("sampler_startup_trials", "pruner_startup_trials", "pruner_warmup_epochs"):
         _require(getattr(h, key) >= 0, f"hpo.{key}", getattr(h, key), "must be >= 0")
+    _require(h.pruner_min_epochs >= 1, "hpo.pruner_min_epochs", h.pruner_min_epochs, "must be >= 1")
+    _require(
+        h.pruner_reduction_factor >= 2,
+        "hpo.pruner_reduction_factor",
+        h.pruner_reduction_factor,
+        "must be >= 2",
+    )
     _require(tb.epochs >= 1, "train_best.epochs", tb.epochs, "must be >= 1")
     names = [ds.name for ds in p.evaluate.datasets]
     _require(
@@ -241,46 +282,6 @@ def _check_values(p: Params) -> None:
         names,
         "names must be unique and not 'test' (the held-out split)",
     )
+    from retfound_hpo.space import check_search_space  # space.py imports ConfigError from here
+
     check_search_space(h.search_space)
-
-
-def check_search_space(space: dict[str, dict[str, Any]]) -> None:
-    """Validate hpo.search_space entries: type, bounds, choices."""
-    _require(bool(space), "hpo.search_space", space, "define at least one hyperparameter")
-    for name, spec in space.items():
-        key = f"hpo.search_space.{name}"
-        _require(name in TUNABLE, key, name, f"known hyperparameters: {list(TUNABLE)}")
-        _require(isinstance(spec, dict), key, spec, "expected a mapping with a 'type'")
-        kind = spec.get("type")
-        _require(kind in SPACE_TYPES, f"{key}.type", kind, f"choose one of {list(SPACE_TYPES)}")
-        allowed = {
-            "categorical": {"type", "choices"},
-            "int": {"type", "low", "high", "step", "log"},
-            "float": {"type", "low", "high", "step", "log"},
-        }[kind]
-        extra = sorted(set(spec) - allowed)
-        _require(
-            not extra,
-            f"{key}.{extra[0] if extra else ''}",
-            extra,
-            f"allowed keys for {kind}: {sorted(allowed)}",
-        )
-        if kind == "categorical":
-            choices = spec.get("choices")
-            _require(
-                isinstance(choices, list) and len(choices) > 0,
-                f"{key}.choices",
-                choices,
-                "give a non-empty list",
-            )
-            continue
-        low, high = spec.get("low"), spec.get("high")
-        for bound, v in (("low", low), ("high", high)):
-            _require(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-                f"{key}.{bound}",
-                v,
-                "give a finite number",
-            )
-        _require(low <= high, f"{key}.low", low, f"must be <= high ({high})")
-        _require(not spec.get("log") or low > 0, f"{key}.low", low, "log scale needs low > 0")

@@ -1,4 +1,5 @@
-"""Evaluate a trained model on prepared datasets: metrics, predictions and confusion matrices."""
+"""Evaluate a trained model on prepared datasets: metrics with bootstrap intervals, predictions
+and confusion matrices (a PNG, and a CSV of actual/predicted pairs for DVC's confusion plot)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from torch import nn  # noqa: E402
 
 from retfound_hpo.data.preprocess import load_prepared  # noqa: E402
 from retfound_hpo.io import write_bytes_atomic, write_text_atomic  # noqa: E402
-from retfound_hpo.metrics import classification_metrics  # noqa: E402
+from retfound_hpo.metrics import bootstrap_intervals, evaluation_metrics  # noqa: E402
 from retfound_hpo.train import predict_proba, resolve_device  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+DATASETS_DIR = "datasets"  # <out_dir>/datasets/<name>/{predictions.csv, confusion_matrix.png}
+CONFUSION_DIR = "confusion"  # <out_dir>/confusion/<name>.csv: DVC's `confusion` plot template
 
 
 def predictions_table(index: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
@@ -53,8 +57,12 @@ def evaluate_datasets(
     device: str = "auto",
     amp: str = "auto",
     batch_size: int = 128,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per dataset; writes <out_dir>/<name>/{predictions.csv, confusion_matrix.png}."""
+    """Metrics per prepared dataset, each with a seeded 95% bootstrap interval (none if
+    bootstrap_samples is 0). Writes <out_dir>/datasets/<name>/{predictions.csv,
+    confusion_matrix.png} and <out_dir>/confusion/<name>.csv (columns actual, predicted)."""
     out_dir = Path(out_dir)
     model.to(resolve_device(device))
     results = {}
@@ -62,22 +70,45 @@ def evaluate_datasets(
         images, index = load_prepared(folder)
         probs = predict_proba(model, images, batch_size, amp=amp, desc=f"evaluate {name}")
         y_true = index["grade"].to_numpy()
-        metrics = {"n_images": len(index), **classification_metrics(y_true, probs)}
-        results[name] = metrics
+        results[name] = metrics = dataset_metrics(y_true, probs, bootstrap_samples, seed)
         table = predictions_table(index, probs)
-        write_text_atomic(out_dir / name / "predictions.csv", table.to_csv(index=False))
+        write_text_atomic(
+            out_dir / DATASETS_DIR / name / "predictions.csv", table.to_csv(index=False)
+        )
+        confusion = table[["true_grade", "pred_grade"]].set_axis(["actual", "predicted"], axis=1)
+        write_text_atomic(out_dir / CONFUSION_DIR / f"{name}.csv", confusion.to_csv(index=False))
         title = f"{name}: accuracy {metrics['accuracy']:.1f}%, kappa {metrics['kappa']:.3f}"
         write_bytes_atomic(
-            out_dir / name / "confusion_matrix.png",
+            out_dir / DATASETS_DIR / name / "confusion_matrix.png",
             confusion_png(y_true, table["pred_grade"].to_numpy(), probs.shape[1], title),
         )
-        log.info(
-            "%s: %d images, accuracy %.2f%%, kappa %.3f, auroc %.3f, f1 %.3f",
-            name,
-            len(index),
-            metrics["accuracy"],
-            metrics["kappa"],
-            metrics["auroc"],
-            metrics["f1"],
-        )
+        log.info("%s: %d images, %s", name, len(index), _summary(metrics))
     return results
+
+
+def dataset_metrics(
+    y_true: np.ndarray, probs: np.ndarray, bootstrap_samples: int, seed: int
+) -> dict[str, float]:
+    """n_images, then each metric followed by its interval keys (flat, for `dvc metrics diff`)."""
+    point = evaluation_metrics(y_true, probs)
+    intervals = (
+        bootstrap_intervals(y_true, probs, bootstrap_samples, seed) if bootstrap_samples else {}
+    )
+    metrics: dict[str, float] = {"n_images": len(y_true)}
+    for name, value in point.items():
+        metrics[name] = value
+        metrics |= {k: intervals[k] for k in _ci_keys(name) if k in intervals}
+    return metrics
+
+
+def _ci_keys(name: str) -> tuple[str, str, str]:
+    return f"{name}_ci_low", f"{name}_ci_high", f"{name}_ci_n"
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    parts = []
+    for name in ("accuracy", "kappa", "auroc", "referable_sensitivity", "referable_specificity"):
+        low, high, _ = _ci_keys(name)
+        ci = f" [{metrics[low]:.3g}, {metrics[high]:.3g}]" if low in metrics else ""
+        parts.append(f"{name} {metrics[name]:.3g}{ci}")
+    return ", ".join(parts)

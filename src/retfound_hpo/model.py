@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from functools import partial
 from pathlib import Path
 
@@ -18,11 +19,16 @@ from retfound_hpo.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-# Architectures by name: vit_large_patch16_224 is RETFound's; vit_demo is the demo backbone.
+# Architectures by name: vit_large_patch16_224 is RETFound-MAE's; vit_large_patch14_dinov2 is
+# RETFound-DINOv2's, as timm defines it (layer scale ls1/ls2 from 1e-5, plain MLP, no register
+# tokens); vit_demo is the demo backbone.
 ARCH_KWARGS = {
     "vit_demo": dict(patch_size=16, embed_dim=192, depth=4, num_heads=3, mlp_ratio=4.0),
     "vit_large_patch16_224": dict(
         patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0
+    ),
+    "vit_large_patch14_dinov2": dict(
+        patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, init_values=1e-5
     ),
 }
 # What a RETFound MAE checkpoint may lack (the classifier) or carry besides the encoder.
@@ -49,23 +55,50 @@ def build_backbone(cfg: ModelConfig, dropout: float = 0.0) -> VisionTransformer:
     )
 
 
+# DINOv2 names -> timm names, as RETFound's fine-tuning code renames them (w12/w3 are DINOv2's
+# SwiGLU layers, fc1/fc2 timm's packed SwiGLU and plain MLP).
+DINOV2_RENAMES = (("mlp.w12.", "mlp.fc1."), ("mlp.w3.", "mlp.fc2."))
+# DINOv2 trained with block chunks (FSDP) saves block 7 as `blocks.1.7.`; timm has `blocks.7.`.
+BLOCK_CHUNK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
+def _timm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoint keys under timm's names: no DDP `module.` prefix, DINOv2 renames, no chunks."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        for old, new in DINOV2_RENAMES:
+            key = key.replace(old, new)
+        out[BLOCK_CHUNK.sub(r"blocks.\1.", key)] = value
+    return out
+
+
+def _dinov2_backbone(teacher: dict) -> dict:
+    """The encoder of a DINOv2 `teacher`: its `backbone.` keys, not the dino/ibot heads."""
+    if not any(k.startswith("backbone.") for k in teacher):
+        return teacher
+    return {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Encoder weights from a RETFound file (MAE `model`, DINOv2 `teacher`) or a state dict."""
     # weights_only with an explicit allow-list: fine-tuned RETFound files pickle an argparse
     # Namespace; nothing else outside tensors and containers may be unpickled.
     with torch.serialization.safe_globals([argparse.Namespace]):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict of weights, got {type(ckpt).__name__}")
     if "model" in ckpt and isinstance(ckpt["model"], dict):
         state = ckpt["model"]
     elif "teacher" in ckpt and isinstance(ckpt["teacher"], dict):
-        state = {k.removeprefix("backbone."): v for k, v in ckpt["teacher"].items()}
+        state = _dinov2_backbone(ckpt["teacher"])
     else:
         state = ckpt
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
             f"{path}: no state dict under 'model' or 'teacher'; top-level keys: {list(ckpt)[:8]}"
         )
-    return {k: v.float() for k, v in state.items()}
+    return {k: v.float() for k, v in _timm_names(state).items()}
 
 
 def load_retfound_checkpoint(model: VisionTransformer, path: str | Path) -> None:
@@ -107,21 +140,29 @@ def load_retfound_checkpoint(model: VisionTransformer, path: str | Path) -> None
     )
 
 
+# Short LoRA target names, qualified so that "proj" means attention's, not patch_embed.proj.
+LORA_TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
 def build_model(
     cfg: ModelConfig,
     lora_r: int,
     lora_alpha: int,
     dropout: float,
     checkpoint: str | Path | None = None,
+    lora_dropout: float | None = None,
+    lora_targets: list[str] | tuple[str, ...] | None = None,
 ) -> PeftModel:
-    """Backbone + RETFound weights + LoRA on `cfg.lora_targets`; head and fc_norm trainable."""
+    """Backbone + RETFound weights + LoRA (on `cfg.lora_targets` unless given); head and
+    fc_norm trainable."""
     model = build_backbone(cfg, dropout)
     load_retfound_checkpoint(model, checkpoint or cfg.checkpoint)
+    targets = [LORA_TARGETS.get(t.strip(), t.strip()) for t in (lora_targets or cfg.lora_targets)]
     lora = LoraConfig(
         r=lora_r,
         lora_alpha=lora_alpha,
-        target_modules=list(cfg.lora_targets),
-        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        lora_dropout=cfg.lora_dropout if lora_dropout is None else lora_dropout,
         modules_to_save=["head", "fc_norm"],
     )
     return get_peft_model(model, lora)

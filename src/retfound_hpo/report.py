@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "summary_report.md"
 TOP_K = 10
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+PARAMS_OBJECTIVE = "trainable_params"  # the second objective of a multi-objective study
+HIDDEN_ATTRS = ("hparams",)  # a dict of everything the trial used: too big for a table cell
 
 
 def write_report(
@@ -37,9 +39,11 @@ def write_report(
 
     png_backend: "auto" (kaleido if Chrome/Chromium is installed, else matplotlib), "plotly"
     or "matplotlib". storage_url, when given, is shown with the optuna-dashboard command.
+    A multi-objective study has (objective_name, trainable parameter count) as its values: the
+    report adds its Pareto front, and ranks trials by the first objective.
     """
-    if len(study.directions) != 1:
-        raise ValueError("write_report handles single-objective studies only")
+    if len(study.directions) > 2:
+        raise ValueError("write_report handles single- or two-objective studies only")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Leftovers of a run that was killed before it could clean up (one stage runs at a time).
@@ -83,11 +87,19 @@ def _sections(
 ) -> Iterable[str]:
     """The report's Markdown, a line (or block) at a time."""
     trials = study.get_trials(deepcopy=False)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    multi = len(study.directions) > 1
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     yield f"# Hyperparameter search report: {study.study_name}\n"
     yield f"- Study: `{study.study_name}`"
     yield f"- Storage: `{storage_url}`" if storage_url else "- Storage: not given"
-    yield f"- Objective: `{objective}`, {'maximized' if maximize else 'minimized'}\n"
+    if multi:
+        words = [_direction(d) for d in study.directions]
+        yield (
+            f"- Objectives (multi-objective): `{objective}`, {words[0]}; "
+            f"`{PARAMS_OBJECTIVE}`, {words[1]}\n"
+        )
+    else:
+        yield f"- Objective: `{objective}`, {_direction(study.directions[0])}\n"
 
     yield "## Study statistics\n"
     counts = {s: sum(t.state == s for t in trials) for s in TrialState}
@@ -95,11 +107,20 @@ def _sections(
     rows = [[s.name, counts[s]] for s in shown] + [["**Total**", len(trials)]]
     yield from _table(["State", "Trials"], rows)
 
+    sign = -1 if maximize else 1
     complete = sorted(
         (t for t in trials if t.state == TrialState.COMPLETE),
-        key=lambda t: (-t.value if maximize else t.value, t.number),
+        key=lambda t: (sign * t.values[0], t.number),
     )
-    yield from _best_and_top(complete, space, objective)
+    best = complete[0] if complete else None
+    if multi:
+        # Best metric first; among equal metrics the smaller model, then the earlier trial.
+        pareto = sorted(
+            study.best_trials, key=lambda t: (sign * t.values[0], t.values[1], t.number)
+        )
+        best = pareto[0] if pareto else None
+        yield from _pareto(pareto, space, objective)
+    yield from _best_and_top(best, complete, space, objective, multi)
 
     yield "## Search space\n"
     keys = list(dict.fromkeys(k for spec in space.values() for k in spec))
@@ -132,31 +153,62 @@ def _sections(
             yield f"{links}\n"
 
 
+def _pareto(pareto: list[FrozenTrial], space: dict[str, dict], objective: str) -> Iterable[str]:
+    """The Pareto-optimal trials: no other trial is at least as good in both objectives."""
+    yield "## Pareto front\n"
+    if not pareto:
+        yield "No completed trials yet: no Pareto front.\n"
+        return
+    yield (
+        f"{len(pareto)} Pareto-optimal trial(s) trading `{objective}` against "
+        f"`{PARAMS_OBJECTIVE}`, best `{objective}` first.\n"
+    )
+    names = _param_names(space, pareto)
+    rows = [
+        [t.number, _fmt(t.values[0]), _fmt(_count(t.values[1]))]
+        + [_fmt(_plain(t.params).get(p)) for p in names]
+        for t in pareto
+    ]
+    yield from _table(["Trial", objective, PARAMS_OBJECTIVE, *names], rows)
+
+
 def _best_and_top(
-    complete: list[FrozenTrial], space: dict[str, dict], objective: str
+    best: FrozenTrial | None,
+    complete: list[FrozenTrial],
+    space: dict[str, dict],
+    objective: str,
+    multi: bool,
 ) -> Iterable[str]:
-    """Best trial in full, then the top-K table and the spread of their values."""
+    """Best trial in full, then the top-K table (by the first objective) and its spread."""
     yield "## Best trial\n"
-    if not complete:
+    if best is None:
         yield "No completed trials yet: no best trial, top-10 table or value statistics.\n"
         return
-    best = complete[0]
     yield f"- Trial: {best.number}"
-    yield f"- {objective}: {_fmt(best.value)}\n"
-    yield from _table(["Parameter", "Value"], [[k, _fmt(v)] for k, v in best.params.items()])
-    attrs = [[k, _fmt(v)] for k, v in sorted(best.user_attrs.items())]
+    if multi:
+        yield f"- {objective}: {_fmt(best.values[0])}"
+        yield f"- {PARAMS_OBJECTIVE}: {_fmt(_count(best.values[1]))}"
+        yield f"- Chosen from the Pareto front: best {objective}, then fewest parameters\n"
+    else:
+        yield f"- {objective}: {_fmt(best.values[0])}\n"
+    params = [[k, _fmt(v)] for k, v in _plain(best.params).items()]
+    yield from _table(["Parameter", "Value"], params)
+    attrs = [[k, _fmt(v)] for k, v in sorted(best.user_attrs.items()) if k not in HIDDEN_ATTRS]
     yield from _table(["User attribute", "Value"], attrs)
 
     top = complete[:TOP_K]
     names = _param_names(space, top)
+    extra = [PARAMS_OBJECTIVE] if multi else []
     yield f"## Top {len(top)} completed trials\n"
     rows = [
-        [rank, t.number, _fmt(t.value), *(_fmt(t.params.get(p)) for p in names)]
+        [rank, t.number, _fmt(t.values[0])]
+        + ([_fmt(_count(t.values[1]))] if multi else [])
+        + [_fmt(_plain(t.params).get(p)) for p in names]
         + [_fmt(t.user_attrs.get("epochs_run"))]
         for rank, t in enumerate(top, 1)
     ]
-    yield from _table(["Rank", "Trial", objective, *names, "epochs_run"], rows)
-    values = [t.value for t in top]
+    yield from _table(["Rank", "Trial", objective, *extra, *names, "epochs_run"], rows)
+    values = [t.values[0] for t in top]
     std = _fmt(statistics.stdev(values)) if len(values) > 1 else "n/a (1 trial)"
     yield f"- Mean {objective} of the top {len(top)}: {_fmt(statistics.mean(values))}"
     yield f"- Standard deviation (sample, n − 1): {std}\n"
@@ -210,9 +262,23 @@ def _saved(row: list[int]) -> list[Any]:
 
 
 def _param_names(space: dict[str, dict], trials: Sequence[FrozenTrial]) -> list[str]:
-    """Search-space order first, then any parameter the space does not list."""
-    seen = {p for t in trials for p in t.params}
+    """Search-space order first, then any parameter the space does not list (plain names)."""
+    seen = {p for t in trials for p in _plain(t.params)}
     return [p for p in space if p in seen] + sorted(seen - set(space))
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna names of conditional parameters ("lora_alpha|lora_r=16/32") as plain names."""
+    return {name.split("|")[0]: value for name, value in params.items()}
+
+
+def _direction(direction: optuna.study.StudyDirection) -> str:
+    return "maximized" if direction == optuna.study.StudyDirection.MAXIMIZE else "minimized"
+
+
+def _count(value: float) -> Any:
+    """A parameter count is stored as a float objective value; show it as an integer."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> Iterable[str]:

@@ -1,29 +1,26 @@
-"""The Optuna search: a persistent study, the objective, and the guide's output files."""
+"""The Optuna search: a persistent study and the objective (suggest, train, report, prune)."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
-import pickle
+import resource
 from typing import Any
 
 import optuna
-import pandas as pd
 import torch
 from optuna.trial import TrialState
 
 from retfound_hpo import tracking
 from retfound_hpo.config import ConfigError, Params
-from retfound_hpo.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from retfound_hpo.model import build_model, count_trainable
+from retfound_hpo.space import suggest_hparams
 from retfound_hpo.train import CachedImages, NonFiniteLossError, fit
 
 log = logging.getLogger(__name__)
 
-GUIDE_HPARAMS = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# Values used for hyperparameters that the search space leaves out.
+# Values for hyperparameters that the search space leaves out (train.* supplies the rest).
 DEFAULT_HPARAMS = {
     "lora_r": 8,
     "lora_alpha": 16,
@@ -42,30 +39,19 @@ def objective_column(metric: str) -> str:
     return "best_val_acc" if metric == "accuracy" else f"best_val_{metric}"
 
 
-def suggest_hparams(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Draw one value per search-space entry."""
-    values = {}
-    for name, spec in space.items():
-        if spec["type"] == "categorical":
-            values[name] = trial.suggest_categorical(name, spec["choices"])
-        elif spec["type"] == "int":
-            values[name] = trial.suggest_int(
-                name,
-                spec["low"],
-                spec["high"],
-                step=spec.get("step", 1),
-                log=spec.get("log", False),
-            )
-        else:
-            values[name] = trial.suggest_float(
-                name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False)
-            )
-    return values
-
-
-def resolve_hparams(suggested: dict[str, Any], params: Params) -> dict[str, Any]:
-    """Suggested values over the defaults; weight decay defaults to train.weight_decay."""
-    return {**DEFAULT_HPARAMS, "weight_decay": params.train.weight_decay, **suggested}
+def resolve_hparams(drawn: dict[str, Any], params: Params) -> dict[str, Any]:
+    """Every hyperparameter a run needs: drawn values over the params defaults."""
+    t, m = params.train, params.model
+    defaults = {
+        **DEFAULT_HPARAMS,
+        "weight_decay": t.weight_decay,
+        "warmup_epochs": t.warmup_epochs,
+        "label_smoothing": t.label_smoothing,
+        "layer_decay": t.layer_decay,
+        "lora_dropout": m.lora_dropout,
+        "lora_targets": ",".join(m.lora_targets),
+    }
+    return {**defaults, **drawn}
 
 
 def train_config(
@@ -79,7 +65,14 @@ def train_config(
 ):
     """Build the model for `hparams` and run the shared training loop; returns (model, result)."""
     torch.manual_seed(params.seed)  # LoRA and head initialisation come from the seed too
-    model = build_model(params.model, hparams["lora_r"], hparams["lora_alpha"], hparams["dropout"])
+    model = build_model(
+        params.model,
+        hparams["lora_r"],
+        hparams["lora_alpha"],
+        hparams["dropout"],
+        lora_dropout=hparams["lora_dropout"],
+        lora_targets=hparams["lora_targets"].split(","),
+    )
     result = fit(
         model,
         train,
@@ -93,85 +86,156 @@ def train_config(
         cfg=params.train,
         seed=params.seed,
         num_classes=params.model.num_classes,
+        warmup_epochs=hparams["warmup_epochs"],
+        label_smoothing=hparams["label_smoothing"],
+        layer_decay=hparams["layer_decay"],
         on_epoch_end=on_epoch_end,
     )
     return model, result
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return (
+        isinstance(err, torch.OutOfMemoryError)
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
+
+
+def peak_memory_mb(device_type: str) -> float:
+    """Peak GPU memory of this trial, or the process's peak resident memory on CPU."""
+    if device_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def make_objective(params: Params, train: CachedImages, val: CachedImages):
     hpo = params.hpo
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | tuple[float, int]:
         hparams = resolve_hparams(suggest_hparams(trial, hpo.search_space), params)
+        trial.set_user_attr("hparams", hparams)
         run = tracking.start_trial_run(params, trial.number, hparams)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
 
         def report(epoch: int, row: dict[str, float]) -> None:
             trial.set_user_attr("epochs_run", epoch)
             tracking.log_epoch(run, row)
+            if hpo.multi_objective:  # Optuna's pruners rank one objective only
+                return
             trial.report(row[f"val_{hpo.metric}"], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        model = None
         try:
             model, result = train_config(
                 hparams, params, hpo.num_epochs, hpo.early_stopping_patience, train, val, report
             )
+            trainable = count_trainable(model)
+            device_type = next(model.parameters()).device.type
         except NonFiniteLossError as err:  # diverged: a bad region, not a broken trial
             trial.set_user_attr("fail_reason", str(err))
             raise optuna.TrialPruned(str(err)) from err
         except optuna.TrialPruned:
             raise
         except Exception as err:
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            if is_out_of_memory(err):
+                reason = f"out of memory at batch_size {hparams['batch_size']}: {reason}"
+            trial.set_user_attr("fail_reason", reason)
             raise
         finally:
             tracking.finish(run)
-            gc.collect()
+            del model
+            gc.collect()  # release memory now: an OOM trial must not starve the next one
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("trainable_params", count_trainable(model))
+        trial.set_user_attr("trainable_params", trainable)
         trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
+        trial.set_user_attr("peak_memory_mb", round(peak_memory_mb(device_type), 1))
         for key, value in result.best_metrics.items():
             trial.set_user_attr(f"val_{key}", value)
+        if hpo.multi_objective:
+            return result.best_metrics[hpo.metric], trainable
         return result.best_metrics[hpo.metric]
 
     return objective
 
 
+def make_sampler(params: Params, previous_trials: int) -> optuna.samplers.BaseSampler:
+    # Reseeding with the trial count keeps a resumed search from replaying the first draws.
+    seed = params.seed + previous_trials
+    if params.hpo.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=params.hpo.sampler_startup_trials, multivariate=True
+    )
+
+
+def make_pruner(params: Params) -> optuna.pruners.BasePruner:
+    hpo = params.hpo
+    if hpo.pruner == "none" or hpo.multi_objective:
+        return optuna.pruners.NopPruner()
+    if hpo.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=hpo.pruner_min_epochs,
+            max_resource=hpo.num_epochs,
+            reduction_factor=hpo.pruner_reduction_factor,
+        )
+    if hpo.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=hpo.pruner_min_epochs, reduction_factor=hpo.pruner_reduction_factor
+        )
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=hpo.pruner_startup_trials, n_warmup_steps=hpo.pruner_warmup_epochs
+    )
+
+
 def open_study(params: Params) -> optuna.Study:
-    """Create or reopen the persistent study; refuse one built for another space or metric."""
+    """Create or reopen the persistent study; refuse one built for another space or objective."""
     hpo = params.hpo
     hpo.study_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(storage_url(params))
+    exists = hpo.study_name in optuna.get_all_study_names(storage)
     previous = (
-        len(optuna.load_study(study_name=hpo.study_name, storage=storage).trials)
-        if hpo.study_name in optuna.get_all_study_names(storage)
-        else 0
+        len(optuna.load_study(study_name=hpo.study_name, storage=storage).trials) if exists else 0
     )
-    # Reseeding with the trial count keeps a resumed search from replaying trial 0's draws.
-    sampler = optuna.samplers.TPESampler(
-        seed=params.seed + previous, n_startup_trials=hpo.sampler_startup_trials
-    )
-    pruner = optuna.pruners.MedianPruner(
-        n_startup_trials=hpo.pruner_startup_trials, n_warmup_steps=hpo.pruner_warmup_epochs
-    )
+    directions = ["maximize", "minimize"] if hpo.multi_objective else ["maximize"]
+    signature = {
+        "search_space": hpo.search_space,
+        "metric": hpo.metric,
+        "multi_objective": hpo.multi_objective,
+    }
+    if exists:
+        stored = optuna.load_study(study_name=hpo.study_name, storage=storage).user_attrs
+        if {
+            k: stored.get(k, False if k == "multi_objective" else None) for k in signature
+        } != signature:
+            raise ConfigError(
+                f"hpo.study_name: study {hpo.study_name!r} in {hpo.study_dir} was run with "
+                f"another search space or objective; pick a new hpo.study_name to start afresh"
+            )
     study = optuna.create_study(
         study_name=hpo.study_name,
         storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize",
+        sampler=make_sampler(params, previous),
+        pruner=make_pruner(params),
+        directions=directions,
         load_if_exists=True,
     )
-    signature = {"search_space": hpo.search_space, "metric": hpo.metric}
-    stored = {k: study.user_attrs.get(k) for k in signature}
-    if previous == 0 and not study.user_attrs:
+    if not exists:
         for key, value in signature.items():
             study.set_user_attr(key, value)
-    elif stored != signature:
-        raise ConfigError(
-            f"hpo.study_name: study {hpo.study_name!r} in {hpo.study_dir} was run with another "
-            f"search space or metric; pick a new hpo.study_name to start a fresh study"
+    if hpo.multi_objective:
+        log.info(
+            "multi-objective search (%s up, trainable parameters down): pruning is off, "
+            "Optuna's pruners rank a single objective",
+            hpo.metric,
         )
     # One process owns a study here, so any trial still RUNNING was cut off by a crash.
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -181,8 +245,11 @@ def open_study(params: Params) -> optuna.Study:
     return study
 
 
-def run_search(params: Params, train: CachedImages, val: CachedImages) -> optuna.Study:
-    """Run trials until the study holds hpo.n_trials finished ones (or the timeout passes)."""
+def run_search(params: Params, train: CachedImages, val: CachedImages) -> tuple[optuna.Study, bool]:
+    """Run trials until the study holds hpo.n_trials finished ones or the timeout passes.
+
+    Returns (study, interrupted): Ctrl-C ends the current trial (recorded FAIL) and returns.
+    """
     hpo = params.hpo
     study = open_study(params)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -190,8 +257,10 @@ def run_search(params: Params, train: CachedImages, val: CachedImages) -> optuna
     log.info(
         "study %s: %d finished trial(s), running %d more", hpo.study_name, done, max(0, remaining)
     )
-    if remaining > 0:
-        timeout = hpo.timeout_hours * 3600 if hpo.timeout_hours else None
+    if remaining <= 0:
+        return study, False
+    timeout = hpo.timeout_hours * 3600 if hpo.timeout_hours else None
+    try:
         study.optimize(
             make_objective(params, train, val),
             n_trials=remaining,
@@ -199,54 +268,7 @@ def run_search(params: Params, train: CachedImages, val: CachedImages) -> optuna
             catch=(Exception,),
             gc_after_trial=True,
         )
-    return study
-
-
-def trials_table(study: optuna.Study, space: dict[str, Any], metric: str) -> pd.DataFrame:
-    """The guide's trials.csv columns, then everything the trials recorded."""
-    names = [k for k in GUIDE_HPARAMS if k in space] + [k for k in space if k not in GUIDE_HPARAMS]
-    rows = []
-    for t in study.trials:
-        duration = t.duration.total_seconds() if t.duration else None
-        rows.append(
-            {
-                "trial_number": t.number,
-                **{k: t.params.get(k) for k in names},
-                objective_column(metric): t.value,
-                "state": t.state.name,
-                "duration_seconds": duration,
-                "datetime_start": t.datetime_start,
-                "datetime_complete": t.datetime_complete,
-                **t.user_attrs,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def write_search_outputs(study: optuna.Study, params: Params) -> dict[str, Any] | None:
-    """Write config.json, trials.csv, best_params.json and a self-contained study.pkl."""
-    hpo, out = params.hpo, params.hpo.study_dir
-    config = {
-        **dataclasses.asdict(params),
-        "storage": storage_url(params),
-        "versions": {"optuna": optuna.__version__},
-    }
-    write_json_atomic(out / "config.json", config)
-    table = trials_table(study, hpo.search_space, hpo.metric)
-    write_text_atomic(out / "trials.csv", table.to_csv(index=False))
-
-    # study.pkl for the guide's users: an in-memory copy, so it unpickles without the database.
-    memory = optuna.storages.InMemoryStorage()
-    optuna.copy_study(
-        from_study_name=study.study_name, from_storage=storage_url(params), to_storage=memory
-    )
-    copy = optuna.load_study(study_name=study.study_name, storage=memory)
-    write_bytes_atomic(out / "study.pkl", pickle.dumps(copy))
-
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not completed:
-        return None
-    best = study.best_trial
-    best_params = {**best.params, "best_value": round(best.value, 4), "best_trial": best.number}
-    write_json_atomic(out / "best_params.json", best_params)
-    return best_params
+    except KeyboardInterrupt:
+        log.warning("interrupted: the current trial is recorded FAIL; writing what completed")
+        return study, True
+    return study, False

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from retfound_hpo.config import TrainConfig
 from retfound_hpo.data.preprocess import load_prepared
 from retfound_hpo.metrics import classification_metrics
+from retfound_hpo.optim import build_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,16 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     num_classes: int = 5,
+    warmup_epochs: int = 0,
+    label_smoothing: float = 0.0,
+    layer_decay: float = 1.0,
     on_epoch_end: EpochCallback | None = None,
 ) -> FitResult:
     """Train the trainable parameters of `model`; validate each epoch; keep the best epoch.
 
     Stops after `patience` epochs without improvement of val `metric`. `on_epoch_end` receives
-    (epoch, row) and may raise (e.g. optuna.TrialPruned) to stop the run.
+    (epoch, row) and may raise (e.g. optuna.TrialPruned) to stop the run. The optimizer steps
+    every `cfg.grad_accum_steps` batches (effective batch = batch_size x grad_accum_steps).
     """
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
@@ -192,19 +197,21 @@ def fit(
         class_weights = torch.tensor(
             len(train_data.grades) / (num_classes * counts), dtype=torch.float32, device=device
         )
-    criterion = nn.CrossEntropyLoss(weight=class_weights)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=learning_rate, weight_decay=weight_decay, fused=device.type == "cuda"
+    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+    optimizer = build_optimizer(
+        model, learning_rate, weight_decay, layer_decay, fused=device.type == "cuda"
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
+    accum = cfg.grad_accum_steps
+    steps_per_epoch = math.ceil(len(loader) / accum)
+    scheduler = warmup_cosine(optimizer, warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     result, best_state, bad_epochs, seen, train_time = FitResult(), None, 0, 0, 0.0
     for epoch in range(1, epochs + 1):
         model.train()
         start, loss_sum = time.perf_counter(), 0.0
-        for x, y in tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None):
+        batches = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None)
+        for step, (x, y) in enumerate(batches, start=1):
             x = normalize(x.to(device, non_blocking=True))  # (B, 3, S, S)
             y = y.to(device, non_blocking=True)  # (B,)
             x = augment(x, aug_generator)
@@ -212,11 +219,12 @@ def fit(
                 loss = criterion(model(x).float(), y)
             if not math.isfinite(loss.item()):
                 raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            scaler.scale(loss / accum).backward()
+            if step % accum == 0 or step == len(loader):  # accumulate, then one optimizer step
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
             loss_sum += loss.item() * len(y)
             seen += len(y)
         epoch_time = time.perf_counter() - start
@@ -229,7 +237,7 @@ def fit(
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / max(1, len(loader.dataset)),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": max(g["lr"] for g in optimizer.param_groups),  # the head's, with layer decay
             "epoch_seconds": epoch_time,
             **{f"val_{k}": v for k, v in val.items()},
         }

@@ -1,109 +1,262 @@
-"""Readers for public DR datasets in their native layouts.
+"""Readers for public DR datasets in their native layouts, and a generic CSV reader.
 
 Each reader returns one table with columns `id, path, grade, patient`: `path` is the image file,
-`patient` groups images of one person so that splits never separate them.
+`patient` groups images of one person so that splits never separate them. The index, named
+`row`, is the line of the labels file each image came from (the header is line 1), so that later
+steps such as image decoding can point back at it.
+
+Bad rows (empty or duplicate id, grade not an integer 0-4, unknown patient, missing image file)
+stop the read with a DatasetError naming the file, the first bad row and how many there are.
+With `skip_bad_rows` each bad row is logged as a warning and dropped instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
+SKIP_HINT = "skip_bad_rows: true skips them"
+EYE_NAME = re.compile(r"^(?P<patient>.+)_(?:left|right)$")  # EyePACS: 10_left, 10_right
+TEMPLATE_FIELDS = ("id", "label", "patient")
+
 
 class DatasetError(ValueError):
     """Bad dataset input; the message names the file, the row and what is wrong."""
 
 
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How to read a dataset beyond its format; the mapping fields are for format 'csv' only."""
+
+    skip_bad_rows: bool = False
+    id_column: str | None = None
+    label_column: str | None = None
+    patient_column: str | None = None  # none: every image is its own patient
+    # Image path under `images`: "{id}" unless given, e.g. "{id}.png" or "{label}/{id}".
+    path_template: str | None = None
+    extension: str | None = None  # appended to the template, e.g. ".png"
+
+
+MAPPING_OPTIONS = ("id_column", "label_column", "patient_column", "path_template", "extension")
+OPTIONS = tuple(f.name for f in dataclasses.fields(ReaderOptions))
+
+
 def _read_csv(csv: Path, columns: list[str]) -> pd.DataFrame:
+    """The labels file as stripped strings indexed by line number, `columns` required."""
     if not csv.is_file():
         raise DatasetError(f"{csv}: labels file not found")
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    try:
+        # utf-8-sig: a byte-order mark (Excel exports) would otherwise stick to the first name.
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{csv}: empty file (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{csv}: not a readable CSV file ({e})") from None
+    # IDRiD's header has a trailing space ("Risk of macular edema ") and empty columns that
+    # pandas names `Unnamed: N`; neither is information.
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.apply(lambda col: col.str.strip())
+    empty_extra = [c for c in df.columns if c.startswith("Unnamed:") and not (df[c] != "").any()]
+    df = df.drop(columns=empty_extra)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DatasetError(f"{csv}: missing column(s) {missing}; found {list(df.columns)}")
+    df.index = pd.RangeIndex(2, len(df) + 2, name="row")  # line numbers: the header is line 1
+    df = df[(df != "").any(axis=1)]  # spreadsheet exports end with ",,,," lines
     if df.empty:
         raise DatasetError(f"{csv}: no rows")
     return df
 
 
-def _parse_grades(df: pd.DataFrame, column: str, csv: Path) -> pd.Series:
-    grades = pd.to_numeric(df[column].str.strip(), errors="coerce")
-    bad = ~grades.isin(range(5))
-    if bad.any():
-        row = bad.idxmax()  # index labels are CSV data-row numbers: line = label + 2
+def _reject(
+    table: pd.DataFrame,
+    bad: pd.Series,
+    reason: Callable[[pd.Series], str],
+    summary: str,
+    csv: Path,
+    skip: bool,
+) -> pd.DataFrame:
+    """Stop at the first row flagged `bad`, naming it and the count; or warn and drop each."""
+    if not bad.any():
+        return table
+    if not skip:
+        first = table[bad].iloc[0]
         raise DatasetError(
-            f"{csv}: row {row + 2} ({column}={df.loc[row, column]!r}): grade must be an integer "
-            f"0-4; {int(bad.sum())} bad row(s)"
+            f"{csv}: row {first.name}{reason(first)}; {int(bad.sum())} {summary} ({SKIP_HINT})"
         )
-    return grades.astype(int)
+    for row, record in table[bad].iterrows():
+        log.warning("%s: row %d%s; skipped", csv, row, reason(record))
+    return table[~bad]
 
 
-def _check_ids_and_files(table: pd.DataFrame, csv: Path) -> pd.DataFrame:
-    dup = table["id"].duplicated()
-    if dup.any():
-        row = dup.idxmax()
-        raise DatasetError(
-            f"{csv}: row {row + 2}: duplicate id {table.loc[row, 'id']!r}; "
-            f"{int(dup.sum())} duplicate(s)"
-        )
-    exists = table["path"].map(lambda p: Path(p).is_file())
-    if not exists.all():
-        row = (~exists).idxmax()
-        raise DatasetError(
-            f"{csv}: row {row + 2}: image {table.loc[row, 'path']} not found; "
-            f"{int((~exists).sum())} missing image(s)"
-        )
-    return table.reset_index(drop=True)
+def _match_case(paths: pd.Series) -> pd.Series:
+    """Point paths that miss only by letter case at the file on disk (IM002385.jpg vs .JPG)."""
+    listings: dict[Path, dict[str, str]] = {}
+
+    def resolve(p: str) -> str:
+        path = Path(p)
+        if path.is_file() or not path.parent.is_dir():
+            return p
+        if path.parent not in listings:
+            listings[path.parent] = {f.name.lower(): f.name for f in path.parent.iterdir()}
+        name = listings[path.parent].get(path.name.lower())
+        return str(path.with_name(name)) if name else p
+
+    return paths.map(resolve)
 
 
-def read_aptos(csv: Path, images: Path) -> pd.DataFrame:
-    """APTOS-2019: `id_code,diagnosis`, images `<images>/<id_code>.png`; one image per patient."""
-    df = _read_csv(csv, ["id_code", "diagnosis"])
-    ids = df["id_code"].str.strip()
+def _finish(
+    csv: Path,
+    df: pd.DataFrame,
+    ids: pd.Series,
+    paths: list[str],
+    label_column: str,
+    patients: pd.Series,
+    skip: bool,
+    no_patient: str = "no patient",
+) -> pd.DataFrame:
+    """Assemble `id, path, grade, patient` and check every row (see the module docstring)."""
     table = pd.DataFrame(
-        {
-            "id": ids,
-            "path": [str(images / f"{i}.png") for i in ids],
-            "grade": _parse_grades(df, "diagnosis", csv),
-            "patient": ids,
-        },
+        {"id": ids, "path": paths, "grade": df[label_column], "patient": patients},
         index=df.index,
     )
-    return _check_ids_and_files(table, csv)
+    check = dict(csv=csv, skip=skip)
+    table = _reject(table, table["id"] == "", lambda r: ": empty id", "row(s) without id", **check)
+    grades = pd.to_numeric(table["grade"], errors="coerce")
+    table = _reject(
+        table,
+        ~grades.isin(range(5)),
+        lambda r: f" ({label_column}={r['grade']!r}): grade must be an integer 0-4",
+        "bad row(s)",
+        **check,
+    )
+    table["grade"] = pd.to_numeric(table["grade"]).astype("int64")
+    table = _reject(
+        table,
+        table["id"].duplicated(),
+        lambda r: f": duplicate id {r['id']!r}",
+        "duplicate(s)",
+        **check,
+    )
+    table = _reject(
+        table,
+        table["patient"].fillna("") == "",
+        lambda r: f": id {r['id']!r}: {no_patient}",
+        "row(s) without patient",
+        **check,
+    )
+    table["path"] = _match_case(table["path"])
+    table = _reject(
+        table,
+        ~table["path"].map(lambda p: Path(p).is_file()),
+        lambda r: f": image {r['path']} not found",
+        "missing image(s)",
+        **check,
+    )
+    if table.empty:
+        raise DatasetError(f"{csv}: no usable rows left after skipping bad ones")
+    return table
 
 
-def read_messidor(csv: Path, images: Path) -> pd.DataFrame:
+def read_aptos(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
+    """APTOS-2019: `id_code,diagnosis`, images `<images>/<id_code>.png`; one image per patient."""
+    df = _read_csv(csv, ["id_code", "diagnosis"])
+    ids = df["id_code"]
+    paths = [str(images / f"{i}.png") for i in ids]
+    return _finish(csv, df, ids, paths, "diagnosis", ids, opts.skip_bad_rows)
+
+
+def read_eyepacs(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
+    """EyePACS (Kaggle 2015): `image,level`, images `<images>/<image>.jpeg`; `10_left` and
+    `10_right` are the eyes of patient 10."""
+    df = _read_csv(csv, ["image", "level"])
+    ids = df["image"]
+    paths = [str(images / f"{i}.jpeg") for i in ids]
+    patients = ids.str.extract(EYE_NAME)["patient"]
+    rule = "name is not <patient>_left or <patient>_right"
+    return _finish(csv, df, ids, paths, "level", patients, opts.skip_bad_rows, rule)
+
+
+def read_messidor(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
     """Messidor-2: `image_id,adjudicated_dr_grade,...`; ungradable rows are dropped."""
     df = _read_csv(csv, ["image_id", "adjudicated_dr_grade", "adjudicated_gradable"])
-    gradable = df["adjudicated_gradable"].str.strip() == "1"
+    gradable = df["adjudicated_gradable"] == "1"
     if (~gradable).any():
         log.info("%s: dropping %d ungradable image(s)", csv, int((~gradable).sum()))
     df = df[gradable]
-    ids = df["image_id"].str.strip()
-    table = pd.DataFrame(
-        {
-            "id": ids,
-            "path": [str(images / i) for i in ids],
-            "grade": _parse_grades(df, "adjudicated_dr_grade", csv),
-            # The public Messidor-2 CSV has no patient column; each image is its own group.
-            "patient": ids,
-        },
-        index=df.index,
-    )
-    return _check_ids_and_files(table, csv)
+    ids = df["image_id"]
+    paths = [str(images / i) for i in ids]  # ids carry their extension (.png or .jpg)
+    # The public Messidor-2 CSV has no patient column; each image is its own group.
+    return _finish(csv, df, ids, paths, "adjudicated_dr_grade", ids, opts.skip_bad_rows)
 
 
-READERS = {"aptos": read_aptos, "messidor": read_messidor}
+def read_idrid(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
+    """IDRiD grading: `Image name,Retinopathy grade,Risk of macular edema `, images
+    `<images>/<Image name>.jpg`; the labels name no patients, so each image is its own."""
+    df = _read_csv(csv, ["Image name", "Retinopathy grade"])
+    ids = df["Image name"]
+    paths = [str(images / f"{i}.jpg") for i in ids]
+    return _finish(csv, df, ids, paths, "Retinopathy grade", ids, opts.skip_bad_rows)
 
 
-def read_dataset(fmt: str, csv: str | Path, images: str | Path) -> pd.DataFrame:
-    """Read a dataset in native format `fmt` into `id, path, grade, patient`."""
+def read_mapped_csv(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
+    """Any CSV: `id_column`, `label_column` (grades 0-4), optional `patient_column`; image at
+    `<images>/<path_template><extension>`, the template filled from {id}, {label}, {patient}."""
+    if not opts.id_column or not opts.label_column:
+        raise DatasetError(
+            f"{csv}: format 'csv' needs id_column and label_column (got {opts.id_column!r}, "
+            f"{opts.label_column!r})"
+        )
+    template = (opts.path_template or "{id}") + (opts.extension or "")
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    if not fields <= set(TEMPLATE_FIELDS) or "id" not in fields:
+        raise DatasetError(
+            f"path_template {template!r}: use {{id}} and optionally {{label}}, {{patient}}; "
+            f"got fields {sorted(fields)}"
+        )
+    columns = [opts.id_column, opts.label_column]
+    df = _read_csv(csv, columns + ([opts.patient_column] if opts.patient_column else []))
+    ids = df[opts.id_column]
+    patients = df[opts.patient_column] if opts.patient_column else ids
+    paths = [
+        str(images / template.format(id=i, label=label, patient=p))
+        for i, label, p in zip(ids, df[opts.label_column], patients, strict=True)
+    ]
+    no_patient = f"empty {opts.patient_column}"
+    return _finish(csv, df, ids, paths, opts.label_column, patients, opts.skip_bad_rows, no_patient)
+
+
+READERS = {
+    "aptos": read_aptos,
+    "eyepacs": read_eyepacs,
+    "messidor": read_messidor,
+    "idrid": read_idrid,
+    "csv": read_mapped_csv,
+}
+
+
+def read_dataset(fmt: str, csv: str | Path, images: str | Path, **options) -> pd.DataFrame:
+    """Read a dataset in native format `fmt` into `id, path, grade, patient` (see ReaderOptions)."""
     if fmt not in READERS:
         raise DatasetError(f"data.format: {fmt!r} is not supported; choose one of {list(READERS)}")
-    table = READERS[fmt](Path(csv), Path(images))
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise DatasetError(f"unknown reader option(s) {unknown}; allowed: {list(OPTIONS)}")
+    opts = ReaderOptions(**options)
+    mapping = [k for k in MAPPING_OPTIONS if getattr(opts, k) is not None]
+    if fmt != "csv" and mapping:
+        raise DatasetError(
+            f"{csv}: {mapping} apply only to format 'csv'; format {fmt!r} has fixed columns"
+        )
+    table = READERS[fmt](Path(csv), Path(images), opts)
     log.info("read %d images from %s (%s format)", len(table), csv, fmt)
     return table

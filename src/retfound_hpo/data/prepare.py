@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
-from retfound_hpo.config import Params
-from retfound_hpo.data.formats import read_dataset
-from retfound_hpo.data.preprocess import prepare_images
+import pandas as pd
+
+from retfound_hpo.config import DataConfig, EvalDataset, Params
+from retfound_hpo.data.formats import OPTIONS, read_dataset
+from retfound_hpo.data.preprocess import load_prepared, prepare_images
 from retfound_hpo.data.splits import split_dataset, summarize_splits
 from retfound_hpo.data.synthetic import write_demo_datasets
 from retfound_hpo.io import write_text_atomic
 
 log = logging.getLogger(__name__)
+
+
+def reader_options(cfg: DataConfig | EvalDataset) -> dict:
+    """The reader options (skip_bad_rows, the generic-csv column mapping) a config section sets."""
+    return {name: getattr(cfg, name) for name in OPTIONS}
+
+
+def _prepare(
+    part: pd.DataFrame, out: Path, size: int, cfg: DataConfig | EvalDataset
+) -> pd.DataFrame:
+    """Build one cache; return the rows it holds (fewer when unreadable images were skipped)."""
+    prepare_images(part, out, size, skip_bad_rows=cfg.skip_bad_rows, source=cfg.csv)
+    kept = set(load_prepared(out)[1]["id"])
+    return part[part["id"].isin(kept)]
 
 
 def prepare_split(params: Params) -> dict:
@@ -30,17 +47,31 @@ def prepare_split(params: Params) -> dict:
     else:  # the folder is a declared output; say why it is empty
         write_text_atomic(demo_dir / "README.txt", "data.demo.enabled is false: no demo data.\n")
 
-    # Read and validate every dataset before the slow preprocessing starts.
-    table = read_dataset(data.format, data.csv, data.images)
+    # Read and validate every dataset (labels, ids, files) before the slow preprocessing starts.
+    table = read_dataset(data.format, data.csv, data.images, **reader_options(data))
     external = {
-        ds.name: read_dataset(ds.format, ds.csv, ds.images) for ds in params.evaluate.datasets
+        ds.name: read_dataset(ds.format, ds.csv, ds.images, **reader_options(ds))
+        for ds in params.evaluate.datasets
     }
-    splits = split_dataset(table, data.val_fraction, data.test_fraction, params.seed)
-    for name, part in splits.items():
-        write_text_atomic(Path(data.splits_dir) / f"{name}.csv", part.to_csv(index=False))
+    splits = split_dataset(table, data.val_fraction, data.test_fraction, params.seed, data.csv)
 
-    prepared = Path(data.prepared_dir)
-    for name, part in {**splits, **external}.items():
-        prepare_images(part, prepared / name, size)
-    summary = summarize_splits({**splits, **external}, params.model.num_classes)
+    # Images are decoded only here, so a split CSV is written after its cache (skipped images
+    # leave both). All sets or none: a failure removes what this run wrote before it.
+    prepared, done, written = Path(data.prepared_dir), {}, []
+    try:
+        for name, part in splits.items():
+            written.append(prepared / name)
+            done[name] = _prepare(part, prepared / name, size, data)
+            written.append(Path(data.splits_dir) / f"{name}.csv")
+            write_text_atomic(written[-1], done[name].to_csv(index=False))
+        for ds in params.evaluate.datasets:
+            written.append(prepared / ds.name)
+            done[ds.name] = _prepare(external[ds.name], prepared / ds.name, size, ds)
+    except BaseException:
+        for path in written:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                missing_ok=True
+            )
+        raise
+    summary = summarize_splits(done, params.model.num_classes)
     return {"image_size": size, **summary}

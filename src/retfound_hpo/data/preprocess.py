@@ -1,7 +1,9 @@
 """Crop fundus photographs to the retina disc, square them, resize once, and cache the result.
 
 A prepared set is a folder with `images.npy` (N, S, S, 3) uint8 and `index.csv` (id, grade, patient,
-path). Trials memory-map `images.npy`, so no source image is decoded twice.
+path). Trials memory-map `images.npy`, so no source image is decoded twice, a trial's memory does
+not grow with the data set, and the source resolution no longer matters once prepared. A folder is
+built as `<name>.tmp` and renamed when complete; a failed or interrupted run removes it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from retfound_hpo.data.formats import SKIP_HINT, DatasetError
+
 log = logging.getLogger(__name__)
 
 BORDER_THRESHOLD = 12  # channel-max level below which a pixel counts as black border (0-255)
 MASK_SIDE = 512  # the disc is located on a thumbnail this size, then cropped at full resolution
+SHOW_FAILURES = 5  # unreadable images named in the error message
 
 
 def crop_to_disc(img: Image.Image) -> Image.Image:
@@ -48,58 +53,157 @@ def crop_to_disc(img: Image.Image) -> Image.Image:
     return square
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open any PIL-readable image as 8-bit RGB."""
+def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Open any PIL-readable image as 8-bit RGB, decoded no larger than needed.
+
+    With `min_side`, a large image is shrunk while its shorter side stays >= `min_side`: JPEGs
+    decode at 1/2, 1/4 or 1/8 scale (`draft`), others are box-reduced right after decoding, so
+    a 5000 px photograph never reaches the crop at full size. Truncated or corrupt files raise.
+    """
     with Image.open(path) as img:
-        img.draft("RGB", (1024, 1024))  # JPEG: decode at reduced scale when much larger
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale down to 8 bits
+        if min_side:
+            img.draft("RGB", (min_side, min_side))  # JPEG only; a no-op for other formats
+        img.load()
+        if img.mode in ("P", "PA"):  # palette (maybe with transparency): expand first
+            img = img.convert("RGBA")
+        elif img.mode == "1" or img.mode.startswith("I;16"):  # modes `reduce` cannot handle
+            img = img.convert("L" if img.mode == "1" else "I")
+        factor = min(img.size) // min_side if min_side else 1
+        if factor > 1:
+            img = img.reduce(factor)
+        if img.mode in ("I", "F"):  # 16-bit or float: stretch the image's range to 8 bits
             arr = np.asarray(img, dtype=np.float32)
-            img = Image.fromarray((arr * 255.0 / max(arr.max(), 1.0)).astype(np.uint8))
+            arr = np.clip(arr * (255.0 / max(float(arr.max()), 1.0)), 0, 255)
+            img = Image.fromarray(arr.astype(np.uint8))
         return img.convert("RGB")
 
 
 def preprocess_image(path: str | Path, size: int) -> np.ndarray:
     """Load, crop to the disc, square and resize one image: (size, size, 3) uint8."""
-    img = crop_to_disc(load_image(path))
+    # Twice the output size survives the crop with margin: the disc spans most of the short side.
+    img = crop_to_disc(load_image(path, min_side=2 * size))
     return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-def prepare_images(
-    table: pd.DataFrame, out_dir: str | Path, size: int, workers: int | None = None
-) -> Path:
-    """Preprocess every image in `table` into a cache folder, written whole or not at all."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    images = np.lib.format.open_memmap(
-        tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3)
-    )
-    workers = workers or os.cpu_count() or 1
-    work = partial(preprocess_image, size=size)
-    paths = table["path"].tolist()
-    bar = tqdm(total=len(paths), desc=f"prepare {out_dir.name}", unit="img", disable=None)
-    if workers == 1:
-        results = map(work, paths)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(workers)
-        results = pool.map(work, paths, chunksize=16)
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container or taskset may allow fewer than exist)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _preprocess_or_reason(path: str, size: int) -> np.ndarray | str:
+    """preprocess_image, or why it failed: one bad file must not stop the other workers."""
     try:
-        for i, arr in enumerate(results):
-            images[i] = arr
+        return preprocess_image(path, size)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError
+        return f"{type(e).__name__}: {e}"
+
+
+def _decode_all(
+    paths: list[str], images: np.ndarray, size: int, workers: int, desc: str
+) -> list[tuple[int, str]]:
+    """Write the readable images to `images` in order, packed; return (position, reason) of
+    the others."""
+    work = partial(_preprocess_or_reason, size=size)
+    failures: list[tuple[int, str]] = []
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    results = pool.map(work, paths, chunksize=16) if pool else map(work, paths)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=None)
+    try:
+        for i, result in enumerate(results):
+            if isinstance(result, str):
+                failures.append((i, result))
+            else:
+                images[i - len(failures)] = result
             bar.update()
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    images.flush()
-    del images
-    table[["id", "grade", "patient", "path"]].to_csv(tmp / "index.csv", index=False)
-    # Swap in the finished folder only now: an interrupted run leaves no cache that looks valid.
+    return failures
+
+
+def _report(table: pd.DataFrame, failures: list[tuple[int, str]], source: str, skip: bool) -> None:
+    """Stop naming the first unreadable images and their count, or (skip) warn about each."""
+    if not failures:
+        return
+    # read_dataset indexes tables by their labels file line ("row"); other tables have no rows.
+    named = table.index.name == "row"
+    lines = [
+        f"{f'row {table.index[i]} ' if named else ''}{table['path'].iloc[i]} ({reason})"
+        for i, reason in failures
+    ]
+    if skip:
+        for line in lines:
+            log.warning("%s: unreadable image, skipped: %s", source, line)
+        return
+    shown = "; ".join(lines[:SHOW_FAILURES])
+    more = f"; ... and {len(lines) - SHOW_FAILURES} more" if len(lines) > SHOW_FAILURES else ""
+    raise DatasetError(
+        f"{source}: {len(lines)} unreadable image(s) of {len(table)}: {shown}{more} ({SKIP_HINT})"
+    )
+
+
+def _shrink(npy: Path, n: int) -> None:
+    """Keep the first `n` images of a .npy file (those decoded when some were skipped)."""
+    full = np.load(npy, mmap_mode="r")
+    part = np.lib.format.open_memmap(
+        npy.with_suffix(".part.npy"), mode="w+", dtype=full.dtype, shape=(n, *full.shape[1:])
+    )
+    for start in range(0, n, 1024):  # chunked: never holds the set in memory
+        stop = min(start + 1024, n)
+        part[start:stop] = full[start:stop]
+    part.flush()
+    del full, part
+    npy.with_suffix(".part.npy").replace(npy)
+
+
+def prepare_images(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    size: int,
+    workers: int | None = None,
+    *,
+    skip_bad_rows: bool = False,
+    source: str | Path | None = None,
+) -> Path:
+    """Preprocess every image in `table` into a cache folder, written whole or not at all.
+
+    An unreadable image stops the run with a DatasetError naming `source` (the labels file),
+    the first few images and the count; with `skip_bad_rows` they are left out with a warning.
+    """
+    out_dir = Path(out_dir)
+    source = str(source or out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    # DVC removes outputs before a stage runs; do the same, so no stale cache outlives a failure.
     shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    log.info("prepared %d images at %d px into %s", len(table), size, out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        images = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3)
+        )
+        workers = workers or usable_cpus()
+        failures = _decode_all(
+            table["path"].tolist(), images, size, workers, f"prepare {out_dir.name}"
+        )
+        images.flush()
+        del images
+        _report(table, failures, source, skip_bad_rows)
+        readable = np.ones(len(table), dtype=bool)
+        readable[[i for i, _ in failures]] = False
+        kept = table[readable]
+        if kept.empty:
+            raise DatasetError(f"{source}: none of the {len(table)} images is readable")
+        if failures:
+            _shrink(tmp / "images.npy", len(kept))
+        kept[["id", "grade", "patient", "path"]].to_csv(tmp / "index.csv", index=False)
+    except BaseException:  # failures and interrupts alike: leave nothing that looks like a cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out_dir)  # the finished folder appears in one step
+    log.info("prepared %d images at %d px into %s", len(kept), size, out_dir)
     return out_dir
 
 

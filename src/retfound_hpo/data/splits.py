@@ -15,11 +15,17 @@ SPLITS = ("train", "val", "test")
 
 
 def split_dataset(
-    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+    table: pd.DataFrame,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    source: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Split images so that each patient lands in exactly one split, stratified by grade.
 
-    A patient's stratum is their worst grade, so both eyes follow the more severe one.
+    A patient's stratum is their worst grade, so both eyes follow the more severe one. Each part
+    keeps the table's index (read_dataset's labels-file lines). `source` names the labels file
+    in errors.
     """
     patients = table.groupby("patient")["grade"].max()
     counts = patients.value_counts()
@@ -27,10 +33,11 @@ def split_dataset(
     needed = max(2, round(1 / min(val_fraction, test_fraction)))
     rare = counts[counts < needed]
     if not rare.empty:
+        where = f"{source}: " if source else ""
         raise DatasetError(
-            f"grade {int(rare.index[0])} has {int(rare.iloc[0])} patient(s); stratified "
-            f"splitting needs at least {needed} per grade (lower data.val_fraction / "
-            f"data.test_fraction or add data)"
+            f"{where}grade {int(rare.index[0])} has {int(rare.iloc[0])} patient(s); stratified "
+            f"splitting needs at least {needed} per grade; {len(rare)} grade(s) too rare "
+            "(lower data.val_fraction / data.test_fraction or add data)"
         )
     rest, test = train_test_split(
         patients.index, test_size=test_fraction, stratify=patients.values, random_state=seed
@@ -41,7 +48,7 @@ def split_dataset(
     )
     out = {}
     for name, ids in zip(SPLITS, (train, val, test), strict=True):
-        part = table[table["patient"].isin(set(ids))].sort_values("id").reset_index(drop=True)
+        part = table[table["patient"].isin(set(ids))].sort_values("id")
         out[name] = part
         log.info(
             "%s: %d images, grades %s",

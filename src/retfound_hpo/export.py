@@ -1,0 +1,65 @@
+"""Merged model export: LoRA folded into the backbone, one plain state dict, no PEFT needed.
+
+    python -m retfound_hpo.export models/best_model models/best_model_merged
+
+The export folder holds `model.safetensors`, the state dict of `model.build_backbone(cfg)` (timm's
+VisionTransformer) with the LoRA deltas, head and fc_norm merged in, and the same
+`model_config.json` as the adapter folder. Unlike the adapter it does not need the RETFound
+checkpoint file, so it is what to hand to another site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from timm.models.vision_transformer import VisionTransformer
+
+from retfound_hpo.cli import run_stage
+from retfound_hpo.config import ModelConfig
+from retfound_hpo.io import write_bytes_atomic, write_json_atomic
+from retfound_hpo.model import MODEL_CONFIG_FILE, build_backbone, load_trained_model
+
+log = logging.getLogger(__name__)
+
+MERGED_FILE = "model.safetensors"
+
+
+def export_merged(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge the adapter saved in model_dir into its backbone; write out_dir/{model.safetensors,
+    model_config.json}; return out_dir."""
+    out_dir = Path(out_dir)
+    model, config = load_trained_model(model_dir)
+    backbone = model.merge_and_unload()  # W + BA*scale per LoRA layer; head/fc_norm unwrapped
+    state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
+    write_bytes_atomic(out_dir / MERGED_FILE, safetensors_bytes(state))
+    write_json_atomic(out_dir / MODEL_CONFIG_FILE, {**config, "merged": True})
+    log.info("wrote merged model (%d tensors) to %s", len(state), out_dir)
+    return out_dir
+
+
+def load_merged(model_dir: str | Path) -> tuple[VisionTransformer, dict]:
+    """A merged export as a plain timm model in eval mode, with its config."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / MODEL_CONFIG_FILE).read_text())
+    raw = config["model"]
+    cfg = ModelConfig(**{**raw, "lora_targets": tuple(raw["lora_targets"])})
+    model = build_backbone(cfg)
+    model.load_state_dict(load_file(model_dir / MERGED_FILE))  # strict: every key must fit
+    return model.eval(), config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", help="folder written by train-best, e.g. models/best_model")
+    parser.add_argument("out_dir", help="folder for model.safetensors + model_config.json")
+    args = parser.parse_args()
+    export_merged(args.model_dir, args.out_dir)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,140 @@
+"""The search space as data: validation of `hpo.search_space` and drawing one trial's values.
+
+An entry is `categorical` (choices) or `int` / `float` (low, high, optional step and log). An
+entry may depend on an earlier one in two ways:
+
+    warmup_epochs: {type: int, low: 0, high: 3, condition: {param: lora_r, values: [16, 32]}}
+        -> drawn only when lora_r is 16 or 32; otherwise the default is used
+    lora_alpha: {type: categorical, choices: [16, 32],
+                 cases: [{when: {param: lora_r, values: [16, 32]}, choices: [32, 64, 128]}]}
+        -> the first matching case replaces choices/low/high/step/log; no match: the entry's own
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from retfound_hpo.config import ConfigError
+
+# Hyperparameters the objective knows how to use.
+TUNABLE = (
+    "lora_r",
+    "lora_alpha",
+    "learning_rate",
+    "batch_size",
+    "dropout",
+    "weight_decay",
+    "warmup_epochs",
+    "lora_dropout",
+    "label_smoothing",
+    "lora_targets",
+    "layer_decay",
+)
+TYPES = ("categorical", "int", "float")
+RANGE_KEYS = {"low", "high", "step", "log"}
+ALLOWED_KEYS = {"categorical": {"choices"}, "int": RANGE_KEYS, "float": RANGE_KEYS}
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+def _check_distribution(key: str, kind: str, spec: dict) -> None:
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            _fail(f"{key}.choices", choices, "give a non-empty list")
+        return
+    low, high = spec.get("low"), spec.get("high")
+    for bound, v in (("low", low), ("high", high)):
+        if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+            _fail(f"{key}.{bound}", v, "give a finite number")
+    if low > high:
+        _fail(f"{key}.low", low, f"must be <= high ({high})")
+    if spec.get("log") and low <= 0:
+        _fail(f"{key}.low", low, "log scale needs low > 0")
+    if spec.get("log") and spec.get("step") not in (None, 1 if kind == "int" else None):
+        _fail(f"{key}.step", spec["step"], "step cannot be combined with log")
+
+
+def _check_when(key: str, when: Any, earlier: dict[str, dict]) -> None:
+    if not isinstance(when, dict) or set(when) != {"param", "values"}:
+        _fail(key, when, "give {param: <earlier entry>, values: [...]}")
+    if when["param"] not in earlier:
+        _fail(f"{key}.param", when["param"], f"name an entry listed before it: {list(earlier)}")
+    if not isinstance(when["values"], list) or not when["values"]:
+        _fail(f"{key}.values", when["values"], "give a non-empty list")
+
+
+def check_search_space(space: Any) -> None:
+    """Validate every entry; the first problem raises ConfigError naming its key."""
+    if not isinstance(space, dict) or not space:
+        _fail("hpo.search_space", space, "define at least one hyperparameter")
+    earlier: dict[str, dict] = {}
+    for name, spec in space.items():
+        key = f"hpo.search_space.{name}"
+        if name not in TUNABLE:
+            _fail(key, name, f"known hyperparameters: {list(TUNABLE)}")
+        if not isinstance(spec, dict):
+            _fail(key, spec, "expected a mapping with a 'type'")
+        kind = spec.get("type")
+        if kind not in TYPES:
+            _fail(f"{key}.type", kind, f"choose one of {list(TYPES)}")
+        extra = sorted(set(spec) - ALLOWED_KEYS[kind] - {"type", "condition", "cases"})
+        if extra:
+            _fail(
+                f"{key}.{extra[0]}",
+                extra[0],
+                f"allowed keys for {kind}: {sorted(ALLOWED_KEYS[kind] | {'condition', 'cases'})}",
+            )
+        _check_distribution(key, kind, spec)
+        if "condition" in spec:
+            _check_when(f"{key}.condition", spec["condition"], earlier)
+        for i, case in enumerate(spec.get("cases") or []):
+            case_key = f"{key}.cases[{i}]"
+            if not isinstance(case, dict) or "when" not in case:
+                _fail(case_key, case, "give {when: {param, values}, <distribution keys>}")
+            _check_when(f"{case_key}.when", case["when"], earlier)
+            bad = sorted(set(case) - ALLOWED_KEYS[kind] - {"when"})
+            if bad:
+                _fail(f"{case_key}.{bad[0]}", bad[0], f"allowed: {sorted(ALLOWED_KEYS[kind])}")
+            _check_distribution(case_key, kind, {**spec, **case})
+        earlier[name] = spec
+
+
+def _matches(when: dict, drawn: dict[str, Any]) -> bool:
+    return when["param"] in drawn and drawn[when["param"]] in when["values"]
+
+
+def suggest_hparams(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
+    """Draw one value per applicable entry, in order; conditions look at earlier draws."""
+    drawn: dict[str, Any] = {}
+    for name, spec in space.items():
+        if "condition" in spec and not _matches(spec["condition"], drawn):
+            continue  # not applicable: the default value is used
+        dist, optuna_name = spec, name
+        for case in spec.get("cases") or []:
+            if _matches(case["when"], drawn):
+                dist = {**spec, **case}
+                when = case["when"]
+                # Optuna needs one fixed distribution per name: a case gets a name of its own.
+                values = "/".join(str(v) for v in when["values"])
+                optuna_name = f"{name}|{when['param']}={values}"
+                break
+        drawn[name] = _suggest(trial, optuna_name, dist)
+    return drawn
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: dict) -> Any:
+    if spec["type"] == "categorical":
+        return trial.suggest_categorical(name, spec["choices"])
+    if spec["type"] == "int":
+        return trial.suggest_int(
+            name, spec["low"], spec["high"], step=spec.get("step") or 1, log=spec.get("log", False)
+        )
+    return trial.suggest_float(
+        name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False)
+    )

@@ -1,0 +1,87 @@
+"""The guide's search outputs: config.json, trials.csv, best_params.json and study.pkl."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from retfound_hpo.config import Params
+from retfound_hpo.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from retfound_hpo.search import objective_column, storage_url
+
+GUIDE_HPARAMS = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout")
+
+
+def drawn_hparams(trial: FrozenTrial, space: dict[str, Any]) -> dict[str, Any]:
+    """The trial's value of every search-space entry (case-specific Optuna names mapped back)."""
+    values = {name.split("|")[0]: value for name, value in trial.params.items()}
+    return {name: values.get(name) for name in space}
+
+
+def trials_table(study: optuna.Study, space: dict[str, Any], metric: str) -> pd.DataFrame:
+    """The guide's trials.csv columns, then everything else the trials recorded."""
+    names = [k for k in GUIDE_HPARAMS if k in space] + [k for k in space if k not in GUIDE_HPARAMS]
+    multi = len(study.directions) > 1
+    rows = []
+    for t in study.trials:
+        values = t.values or [None] * len(study.directions)
+        drawn = drawn_hparams(t, space)
+        attrs = {k: v for k, v in t.user_attrs.items() if k != "hparams"}
+        rows.append(
+            {
+                "trial_number": t.number,
+                **{k: drawn[k] for k in names},
+                objective_column(metric): values[0],
+                **({"objective_trainable_params": values[1]} if multi else {}),
+                "state": t.state.name,
+                "duration_seconds": t.duration.total_seconds() if t.duration else None,
+                "datetime_start": t.datetime_start,
+                "datetime_complete": t.datetime_complete,
+                "objective": values[0],  # the same under one name for every hpo.metric (DVC plot)
+                **attrs,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best completed trial; in multi-objective mode, the Pareto trial with the best metric."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    if len(study.directions) == 1:
+        return study.best_trial
+    return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
+
+
+def write_search_outputs(study: optuna.Study, params: Params) -> dict[str, Any] | None:
+    """Write config.json, trials.csv, best_params.json and a self-contained study.pkl."""
+    hpo, out = params.hpo, params.hpo.study_dir
+    config = {
+        **dataclasses.asdict(params),
+        "storage": storage_url(params),
+        "versions": {"optuna": optuna.__version__},
+    }
+    write_json_atomic(out / "config.json", config)
+    table = trials_table(study, hpo.search_space, hpo.metric)
+    write_text_atomic(out / "trials.csv", table.to_csv(index=False))
+
+    # study.pkl for the guide's users: an in-memory copy, so it unpickles without the database.
+    memory = optuna.storages.InMemoryStorage()
+    optuna.copy_study(
+        from_study_name=study.study_name, from_storage=storage_url(params), to_storage=memory
+    )
+    copy = optuna.load_study(study_name=study.study_name, storage=memory)
+    write_bytes_atomic(out / "study.pkl", pickle.dumps(copy))
+
+    best = best_trial(study)
+    if best is None:
+        return None
+    drawn = {k: v for k, v in drawn_hparams(best, hpo.search_space).items() if v is not None}
+    best_params = {**drawn, "best_value": round(best.values[0], 4), "best_trial": best.number}
+    write_json_atomic(out / "best_params.json", best_params)
+    return best_params
