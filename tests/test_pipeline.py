@@ -90,3 +90,5 @@ def test_dvc_repro_runs_every_stage_and_resumes(repo):
     pd.testing.assert_frame_equal(resumed[cols].iloc[:2], trials[cols])
     shown = json.loads(sh("dvc exp show --json", repo))
     assert "results/eval/metrics.json" in json.dumps(shown)
+    diff = json.loads(sh("dvc metrics diff --all --json", repo))["results/eval/metrics.json"]
+    assert {"test.kappa", "domain_b.kappa", "domain_b.kappa_ci_low"} <= set(diff)

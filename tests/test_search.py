@@ -271,3 +271,47 @@ def fit_hanging_second(*args, **kwargs):
 search.fit = fit_hanging_second
 search.run_search(load_params({params!r}), easy_images(60), easy_images(30, seed=1))
 """
+
+
+def test_diverging_trial_is_pruned_with_its_reason(tmp_path, mae_checkpoint, data, monkeypatch):
+    import retfound_hpo.search as search
+    from retfound_hpo.train import NonFiniteLossError
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLossError("non-finite training loss at epoch 1")
+
+    monkeypatch.setattr(search, "fit", diverge)
+    study, _ = run_search(tiny_params(tmp_path, mae_checkpoint), *data)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert study.trials[0].user_attrs["fail_reason"] == "non-finite training loss at epoch 1"
+
+
+def test_timeout_stops_starting_new_trials(tmp_path, mae_checkpoint, data):
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"n_trials": 5, "timeout_hours": 1e-6})
+    study, _ = run_search(params, *data)
+    assert len(study.trials) == 1  # the budget ran out during the first trial
+
+
+def test_other_metrics_are_the_objective(tmp_path, mae_checkpoint, data):
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"metric": "kappa", "n_trials": 1})
+    study, _ = run_search(params, *data)
+    (trial,) = study.trials
+    assert trial.value == trial.user_attrs["val_kappa"]
+    write_search_outputs(study, params)
+    table = pd.read_csv(params.hpo.study_dir / "trials.csv")
+    assert table["best_val_kappa"].iloc[0] == pytest.approx(trial.value)
+
+
+def test_bad_params_stop_the_stage_with_one_line(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "params.yaml").read_text().replace("n_trials: 12", "n_trials: -3")
+    (tmp_path / "params.yaml").write_text(text)
+    proc = subprocess.run(
+        [sys.executable, str(repo / "stages/hpo_search.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: hpo.n_trials: -3 is not allowed; must be >= 1"

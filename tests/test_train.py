@@ -68,3 +68,87 @@ def test_callback_can_stop_the_run(mae_checkpoint):
 
     with pytest.raises(Stop):
         run(model_for(mae_checkpoint), epochs=5, callback=stop_at_2)
+
+
+@pytest.mark.parametrize(("accum", "steps_per_epoch"), [(1, 6), (2, 3), (4, 2)])
+def test_gradient_accumulation_steps_less_often(
+    mae_checkpoint, monkeypatch, accum, steps_per_epoch
+):
+    import retfound_hpo.train as train
+
+    steps = []
+    real_build = train.build_optimizer
+
+    def counting_optimizer(*args, **kwargs):
+        opt = real_build(*args, **kwargs)
+        opt.register_step_post_hook(lambda *a: steps.append(1))
+        return opt
+
+    monkeypatch.setattr(train, "build_optimizer", counting_optimizer)
+    fit(
+        model_for(mae_checkpoint),
+        easy_images(100),
+        easy_images(20, seed=1),
+        epochs=2,
+        batch_size=16,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        patience=5,
+        metric="accuracy",
+        cfg=TrainConfig(grad_accum_steps=accum),
+        seed=0,
+    )
+    assert len(steps) == 2 * steps_per_epoch  # 100 images, batch 16, last partial batch dropped
+
+
+def test_label_smoothing_and_warmup_change_training(mae_checkpoint):
+    base = run(model_for(mae_checkpoint), epochs=2).history
+    kw = dict(
+        epochs=2,
+        batch_size=16,
+        learning_rate=5e-3,
+        weight_decay=0.0,
+        patience=10,
+        metric="accuracy",
+        cfg=TrainConfig(),
+        seed=0,
+    )
+    smooth = fit(
+        model_for(mae_checkpoint),
+        easy_images(100),
+        easy_images(50, seed=1),
+        label_smoothing=0.2,
+        **kw,
+    ).history
+    warm = fit(
+        model_for(mae_checkpoint), easy_images(100), easy_images(50, seed=1), warmup_epochs=1, **kw
+    ).history
+    assert smooth[0]["train_loss"] != base[0]["train_loss"]
+    assert warm[0]["lr"] > base[0]["lr"]  # still at the peak after one warmup epoch
+
+
+def test_randaugment_option_changes_training_images(mae_checkpoint):
+    kw = dict(
+        epochs=1,
+        batch_size=16,
+        learning_rate=5e-3,
+        weight_decay=0.0,
+        patience=10,
+        metric="accuracy",
+        seed=0,
+    )
+    basic = fit(
+        model_for(mae_checkpoint),
+        easy_images(100),
+        easy_images(50, seed=1),
+        cfg=TrainConfig(),
+        **kw,
+    ).history
+    strong = fit(
+        model_for(mae_checkpoint),
+        easy_images(100),
+        easy_images(50, seed=1),
+        cfg=TrainConfig(augment="randaugment"),
+        **kw,
+    ).history
+    assert strong[0]["train_loss"] != basic[0]["train_loss"]

@@ -67,6 +67,7 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
     eval_batch_size: int = 128
+    augment: Literal["basic", "randaugment"] = "basic"  # flips + jitter; or RandAugment too
     grad_accum_steps: int = 1  # batches per optimizer step, for batches that do not fit
     warmup_epochs: int = 0  # linear warmup, then cosine decay
     label_smoothing: float = 0.0  # RETFound recipe: 0.1

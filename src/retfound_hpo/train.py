@@ -16,6 +16,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2 as transforms
 from tqdm import tqdm
 
 from retfound_hpo.config import TrainConfig
@@ -35,14 +36,17 @@ class NonFiniteLossError(RuntimeError):
 class CachedImages(Dataset):
     """Prepared images (N, S, S, 3) uint8, usually memory-mapped, with their grades."""
 
-    def __init__(self, images: np.ndarray, grades: np.ndarray):
+    def __init__(self, images: np.ndarray, grades: np.ndarray, transform=None):
         self.images, self.grades = images, np.asarray(grades, dtype=np.int64)
+        self.transform = transform  # per-image, on the uint8 tensor (training only)
 
     def __len__(self) -> int:
         return len(self.grades)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (3, S, S) uint8
+        if self.transform is not None:
+            image = self.transform(image)
         return image, int(self.grades[i])
 
 
@@ -188,6 +192,10 @@ def fit(
     dtype = autocast_dtype(cfg.amp, device)
     model.to(device)
     normalize = Normalizer().to(device)
+    if cfg.augment == "randaugment":  # the official recipe's stronger, per-image policy
+        train_data = CachedImages(
+            train_data.images, train_data.grades, transforms.RandAugment(num_ops=2, magnitude=9)
+        )
     loader = _train_loader(train_data, batch_size, cfg, seed, num_classes, device)
     aug_generator = torch.Generator().manual_seed(seed + 1)
 
