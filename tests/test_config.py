@@ -80,3 +80,16 @@ def test_eval_dataset_named_test_is_refused(tmp_path):
     data["evaluate"]["datasets"][0]["name"] = "test"
     with pytest.raises(ConfigError, match="evaluate.datasets"):
         load_params(write(tmp_path, data))
+
+
+def test_exponents_written_by_dvc_exp_run_are_numbers(tmp_path):
+    """`dvc exp run -S x=1e-5` writes `1e-05`, which YAML 1.1 (PyYAML) reads as text."""
+    text = (REPO / "params.yaml").read_text()
+    text = text.replace("low: 1.0e-4", "low: 1e-05").replace(
+        "weight_decay: 0.05", "weight_decay: 1e-04"
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert params.hpo.search_space["learning_rate"]["low"] == 1e-5
+    assert params.train.weight_decay == 1e-4

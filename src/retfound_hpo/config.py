@@ -160,6 +160,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: file not found")
     raw = yaml.safe_load(path.read_text()) or {}
     params = _build(Params, raw, "")
+    from retfound_hpo.space import normalize_search_space  # space.py imports ConfigError
+
+    space = normalize_search_space(params.hpo.search_space)
+    params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
     _check_values(params)
     return params
 
@@ -203,9 +207,19 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _is_number(value):
+        return float(value)  # `dvc exp run -S x=1e-5` writes 1e-05, which YAML 1.1 reads as text
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:

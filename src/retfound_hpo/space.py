@@ -42,6 +42,35 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
 
 
+def _as_number(value: Any) -> Any:
+    """'1e-05' -> 1e-05: `dvc exp run -S` writes exponents that YAML 1.1 reads as text."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def normalize_search_space(space: Any) -> Any:
+    """The space with numeric text in low/high/step turned into numbers (cases included)."""
+    if not isinstance(space, dict):
+        return space
+    out = {}
+    for name, spec in space.items():
+        if isinstance(spec, dict):
+            spec = {k: _as_number(v) if k in RANGE_KEYS - {"log"} else v for k, v in spec.items()}
+            if isinstance(spec.get("cases"), list):
+                spec["cases"] = [
+                    {k: _as_number(v) if k in RANGE_KEYS - {"log"} else v for k, v in c.items()}
+                    if isinstance(c, dict)
+                    else c
+                    for c in spec["cases"]
+                ]
+        out[name] = spec
+    return out
+
+
 def _check_distribution(key: str, kind: str, spec: dict) -> None:
     if kind == "categorical":
         choices = spec.get("choices")
