@@ -5,9 +5,9 @@ from pathlib import Path
 
 from retfound_hpo.cli import run_stage
 from retfound_hpo.config import load_params
-from retfound_hpo.search import run_search
 from retfound_hpo.study_files import write_search_outputs
 from retfound_hpo.train import load_cached
+from retfound_hpo.workers import run_search
 
 
 def main() -> None:

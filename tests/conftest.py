@@ -72,3 +72,15 @@ def easy_images(n: int, seed: int = 0, size: int = 32):
     grades = np.arange(n) % 5
     images = grades[:, None, None, None] * 50 + rng.integers(0, 20, (n, size, size, 3))
     return CachedImages(images.astype(np.uint8), grades)
+
+
+def write_prepared(folder, images) -> None:
+    """Save a CachedImages as a prepared set (images.npy + index.csv), as prepare-split does."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "images.npy", np.asarray(images.images))
+    ids = [f"img{i}" for i in range(len(images))]
+    pd.DataFrame({"id": ids, "grade": images.grades, "patient": ids, "path": ids}).to_csv(
+        folder / "index.csv", index=False
+    )

@@ -14,8 +14,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
-    "data": {"val_fraction": 0.25, "test_fraction": 0.25,
-             "demo": {"n_domain_a": 100, "n_domain_b": 20}},
+    "data": {
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+        "demo": {"n_domain_a": 100, "n_domain_b": 20},
+    },
     "hpo": {"n_trials": 2, "num_epochs": 2, "sampler_startup_trials": 2},
     "train_best": {"epochs": 2},
 }
@@ -29,9 +32,14 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def sh(cmd: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -39,8 +47,9 @@ def sh(cmd: str, cwd: Path) -> str:
 
 @pytest.fixture
 def repo(tmp_path):
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files + ["models/demo_backbone/checkpoint.pth"]:
         if (REPO / name).is_file():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -59,13 +68,19 @@ def test_dvc_repro_runs_every_stage_and_resumes(repo):
     trials = pd.read_csv(study / "trials.csv")
     assert len(trials) == 2 and set(trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
     best = json.loads((study / "best_params.json").read_text())
-    assert {"lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout", "best_value",
-            "best_trial"} == set(best)
+    assert {
+        "lora_r",
+        "lora_alpha",
+        "learning_rate",
+        "batch_size",
+        "dropout",
+        "best_value",
+        "best_trial",
+    } == set(best)
     json.loads((study / "config.json").read_text())
     assert (study / "study.pkl").stat().st_size > 0
     assert "## Top 2 completed trials" in (study / "summary_report.md").read_text()
-    for plot in ("optimization_history", "param_importance", "parallel_coordinate",
-                 "slice_plots"):
+    for plot in ("optimization_history", "param_importance", "parallel_coordinate", "slice_plots"):
         Image.open(study / "plots" / f"{plot}.png").verify()
         assert (study / "plots" / f"{plot}.html").stat().st_size > 0
     assert (repo / "models/best_model/adapter_model.safetensors").is_file()

@@ -2,6 +2,7 @@ import contextlib
 import json
 import pickle
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from optuna.trial import TrialState
 
 from conftest import easy_images, tiny_params
 from retfound_hpo.config import ConfigError
-from retfound_hpo.search import open_study, run_search, storage_url
+from retfound_hpo.search import open_study, storage_url
 from retfound_hpo.study_files import write_search_outputs
+from retfound_hpo.workers import run_search
 
 GUIDE_COLUMNS = [
     "trial_number",
@@ -76,14 +78,15 @@ def test_raising_n_trials_continues_the_same_study(tmp_path, mae_checkpoint, dat
     assert trials[2].params != trials[0].params  # a resumed sampler does not replay trial 0
 
 
-def test_interrupted_trial_is_failed_on_resume(tmp_path, mae_checkpoint, data):
-    params = tiny_params(tmp_path, mae_checkpoint)
-    study = open_study(params)
-    study.ask()  # a trial left RUNNING, as after kill -9
-    reopened = open_study(params)
-    (trial,) = reopened.trials
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_trial_cut_off_before_its_objective_is_failed_on_resume(tmp_path, mae_checkpoint, data):
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"heartbeat_seconds": 1})
+    open_study(params).ask()  # a trial left RUNNING with no worker named: a crash in between
+    time.sleep(2.2)  # two heartbeat intervals
+    study, _ = run_search(params, *data)
+    assert len(study.trials) == 2  # the failed one counts toward n_trials
+    trial = study.trials[0]
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
-    assert len(run_search(params, *data)[0].trials) == 2  # the failed one counts toward n_trials
 
 
 def test_changed_search_space_needs_a_new_study_name(tmp_path, mae_checkpoint, data):
@@ -246,7 +249,8 @@ def test_kill_9_mid_trial_then_resume(tmp_path, mae_checkpoint, data):
         TrialState.COMPLETE,
     ]
     assert study.trials[0].value == first.value and study.trials[0].params == first.params
-    assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
+    reason = study.trials[1].user_attrs["fail_reason"]  # its process is gone: failed at once
+    assert reason == f"worker {socket.gethostname()}:{proc.pid} died (killed or crashed)"
 
 
 def trial_states_read_only(db: Path) -> list[str]:
@@ -268,6 +272,7 @@ sys.path.insert(0, {tests!r})
 from conftest import easy_images
 import retfound_hpo.search as search
 from retfound_hpo.config import load_params
+from retfound_hpo.workers import run_search
 
 real_fit, calls = search.fit, []
 def fit_hanging_second(*args, **kwargs):
@@ -276,7 +281,7 @@ def fit_hanging_second(*args, **kwargs):
         time.sleep(600)  # killed here
     return real_fit(*args, **kwargs)
 search.fit = fit_hanging_second
-search.run_search(load_params({params!r}), easy_images(60), easy_images(30, seed=1))
+run_search(load_params({params!r}), easy_images(60), easy_images(30, seed=1))
 """
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import easy_images, tiny_params
-from retfound_hpo.search import run_search
+from retfound_hpo.workers import run_search
 
 
 @pytest.fixture

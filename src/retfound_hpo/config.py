@@ -14,6 +14,7 @@ import yaml
 DATA_FORMATS = ("aptos", "eyepacs", "messidor", "idrid", "csv")
 ARCHS = ("vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2")
 METRICS = ("accuracy", "kappa", "auroc", "f1")
+STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://")
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,11 @@ class HpoConfig:
     pruner_min_epochs: int = 1  # hyperband / successive halving: the smallest budget
     pruner_reduction_factor: int = 3  # hyperband / successive halving
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Scale-out: worker processes on this host, and a shared database for workers elsewhere.
+    n_workers: int = 1  # processes sharing the study here (one GPU each, or a share of the cores)
+    storage: str | None = None  # null: <study_dir>/study.db; or postgresql://user@host/db
+    heartbeat_seconds: int = 60  # a running trial silent for 2x this is failed (worker died)
+    retry_failed_trials: int = 0  # re-runs of a dead worker's trial with the same parameters
 
     @property
     def study_dir(self) -> Path:
@@ -166,6 +172,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
     _check_values(params)
     return params
+
+
+def dump_params(params: Params, path: str | Path) -> None:
+    """Write `params` as a params.yaml that load_params reads back to the same values."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    Path(path).write_text(yaml.safe_dump(plain(dataclasses.asdict(params)), sort_keys=False))
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -288,6 +307,17 @@ def _check_values(p: Params) -> None:
         "hpo.pruner_reduction_factor",
         h.pruner_reduction_factor,
         "must be >= 2",
+    )
+    _require(h.n_workers >= 1, "hpo.n_workers", h.n_workers, "must be >= 1")
+    _require(h.heartbeat_seconds >= 1, "hpo.heartbeat_seconds", h.heartbeat_seconds, "must be >= 1")
+    _require(
+        h.retry_failed_trials >= 0, "hpo.retry_failed_trials", h.retry_failed_trials, "must be >= 0"
+    )
+    _require(
+        h.storage is None or h.storage.startswith(STORAGE_SCHEMES),
+        "hpo.storage",
+        h.storage,
+        "use null (study.db in hpo.output_dir), sqlite:///<path> or postgresql://user@host/db",
     )
     _require(tb.epochs >= 1, "train_best.epochs", tb.epochs, "must be >= 1")
     names = [ds.name for ds in p.evaluate.datasets]

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import resource
+import socket
+import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
@@ -31,7 +36,38 @@ DEFAULT_HPARAMS = {
 
 
 def storage_url(params: Params) -> str:
+    """Where the study lives: hpo.storage, or study.db next to the other search outputs."""
+    return params.hpo.storage or snapshot_url(params)
+
+
+def snapshot_url(params: Params) -> str:
+    """study.db in the study folder: the storage itself, or a copy of a shared database's study."""
     return f"sqlite:///{params.hpo.study_dir / 'study.db'}"
+
+
+def make_storage(params: Params) -> optuna.storages.RDBStorage:
+    """The study's database, with heartbeats so that a dead worker's trial is failed (and,
+    with hpo.retry_failed_trials, queued again with the same parameters)."""
+    hpo = params.hpo
+    url = storage_url(params)
+    engine_kwargs = {}
+    if url.startswith("sqlite"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Workers on one host take turns writing; wait for the lock instead of failing at 5 s.
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    retry = (
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=hpo.retry_failed_trials)
+        if hpo.retry_failed_trials
+        else None
+    )
+    with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=hpo.heartbeat_seconds,
+            heartbeat_stale_trial_callback=retry,
+        )
 
 
 def objective_column(metric: str) -> str:
@@ -114,6 +150,12 @@ def make_objective(params: Params, train: CachedImages, val: CachedImages):
     hpo = params.hpo
 
     def objective(trial: optuna.Trial) -> float | tuple[float, int]:
+        # Which process runs the trial: how a killed worker's trial is found in the study.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        first = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        if first is not None:  # a dead worker's trial, run again with the same parameters
+            trial.set_user_attr("retry_of", first)
+            trial.set_user_attr("fail_reason", None)
         hparams = resolve_hparams(suggest_hparams(trial, hpo.search_space), params)
         trial.set_user_attr("hparams", hparams)
         run = tracking.start_trial_run(params, trial.number, hparams)
@@ -141,6 +183,9 @@ def make_objective(params: Params, train: CachedImages, val: CachedImages):
             raise optuna.TrialPruned(str(err)) from err
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
         except Exception as err:
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             if is_out_of_memory(err):
@@ -167,13 +212,19 @@ def make_objective(params: Params, train: CachedImages, val: CachedImages):
     return objective
 
 
-def make_sampler(params: Params, previous_trials: int) -> optuna.samplers.BaseSampler:
-    # Reseeding with the trial count keeps a resumed search from replaying the first draws.
-    seed = params.seed + previous_trials
+def make_sampler(
+    params: Params, previous_trials: int, worker_index: int = 0, parallel: bool = False
+) -> optuna.samplers.BaseSampler:
+    # Reseeding with the trial count keeps a resumed search from replaying the first draws;
+    # each worker draws from its own stream.
+    seed = params.seed + previous_trials + 100_003 * worker_index
     if params.hpo.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=params.hpo.sampler_startup_trials, multivariate=True
+        seed=seed,
+        n_startup_trials=params.hpo.sampler_startup_trials,
+        multivariate=True,
+        constant_liar=parallel,  # running trials count as bad draws: workers spread out
     )
 
 
@@ -196,79 +247,61 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
     )
 
 
-def open_study(params: Params) -> optuna.Study:
-    """Create or reopen the persistent study; refuse one built for another space or objective."""
+def study_signature(params: Params) -> dict[str, Any]:
     hpo = params.hpo
-    hpo.study_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(storage_url(params))
-    exists = hpo.study_name in optuna.get_all_study_names(storage)
-    previous = (
-        len(optuna.load_study(study_name=hpo.study_name, storage=storage).trials) if exists else 0
-    )
-    directions = ["maximize", "minimize"] if hpo.multi_objective else ["maximize"]
-    signature = {
+    return {
         "search_space": hpo.search_space,
         "metric": hpo.metric,
         "multi_objective": hpo.multi_objective,
     }
+
+
+def open_study(params: Params, worker_index: int = 0, create: bool = True) -> optuna.Study:
+    """Create (once, before any worker starts) or reopen the study; refuse one that was built
+    for another search space or objective."""
+    hpo = params.hpo
+    hpo.study_dir.mkdir(parents=True, exist_ok=True)
+    storage = make_storage(params)
+    exists = hpo.study_name in optuna.get_all_study_names(storage)
+    if not exists and not create:
+        raise ConfigError(
+            f"hpo.study_name: no study {hpo.study_name!r} in {safe_url(storage_url(params))}; "
+            "start the search on the main machine first (dvc repro hpo-search)"
+        )
+    signature = study_signature(params)
+    previous = 0
     if exists:
-        stored = optuna.load_study(study_name=hpo.study_name, storage=storage).user_attrs
-        if {
-            k: stored.get(k, False if k == "multi_objective" else None) for k in signature
-        } != signature:
+        stored = optuna.load_study(study_name=hpo.study_name, storage=storage)
+        previous = len(stored.trials)
+        older = {"multi_objective": False}  # studies made before the key existed
+        found = {k: stored.user_attrs.get(k, older.get(k)) for k in signature}
+        if found != signature:
             raise ConfigError(
-                f"hpo.study_name: study {hpo.study_name!r} in {hpo.study_dir} was run with "
-                f"another search space or objective; pick a new hpo.study_name to start afresh"
+                f"hpo.study_name: study {hpo.study_name!r} in {safe_url(storage_url(params))} "
+                "was run with another search space or objective; pick a new hpo.study_name "
+                "to start afresh"
             )
+    parallel = hpo.n_workers > 1 or hpo.storage is not None
     study = optuna.create_study(
         study_name=hpo.study_name,
         storage=storage,
-        sampler=make_sampler(params, previous),
+        sampler=make_sampler(params, previous, worker_index, parallel),
         pruner=make_pruner(params),
-        directions=directions,
+        directions=["maximize", "minimize"] if hpo.multi_objective else ["maximize"],
         load_if_exists=True,
     )
     if not exists:
         for key, value in signature.items():
             study.set_user_attr(key, value)
-    if hpo.multi_objective:
+    if hpo.multi_objective and worker_index == 0:
         log.info(
             "multi-objective search (%s up, trainable parameters down): pruning is off, "
             "Optuna's pruners rank a single objective",
             hpo.metric,
         )
-    # One process owns a study here, so any trial still RUNNING was cut off by a crash.
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        log.warning("trial %d was interrupted in an earlier run; marked FAIL", trial.number)
     return study
 
 
-def run_search(params: Params, train: CachedImages, val: CachedImages) -> tuple[optuna.Study, bool]:
-    """Run trials until the study holds hpo.n_trials finished ones or the timeout passes.
-
-    Returns (study, interrupted): Ctrl-C ends the current trial (recorded FAIL) and returns.
-    """
-    hpo = params.hpo
-    study = open_study(params)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    remaining = hpo.n_trials - done
-    log.info(
-        "study %s: %d finished trial(s), running %d more", hpo.study_name, done, max(0, remaining)
-    )
-    if remaining <= 0:
-        return study, False
-    timeout = hpo.timeout_hours * 3600 if hpo.timeout_hours else None
-    try:
-        study.optimize(
-            make_objective(params, train, val),
-            n_trials=remaining,
-            timeout=timeout,
-            catch=(Exception,),
-            gc_after_trial=True,
-        )
-    except KeyboardInterrupt:
-        log.warning("interrupted: the current trial is recorded FAIL; writing what completed")
-        return study, True
-    return study, False
+def safe_url(url: str) -> str:
+    """A storage URL fit for logs and config.json: no password."""
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -12,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from retfound_hpo.config import Params
 from retfound_hpo.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from retfound_hpo.search import objective_column, storage_url
+from retfound_hpo.search import objective_column, safe_url, snapshot_url, storage_url
 
 GUIDE_HPARAMS = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout")
 
@@ -32,6 +33,8 @@ def trials_table(study: optuna.Study, space: dict[str, Any], metric: str) -> pd.
         values = t.values or [None] * len(study.directions)
         drawn = drawn_hparams(t, space)
         attrs = {k: v for k, v in t.user_attrs.items() if k != "hparams"}
+        if t.state == TrialState.FAIL and not attrs.get("fail_reason"):
+            attrs["fail_reason"] = "worker stopped sending heartbeats (killed or crashed)"
         rows.append(
             {
                 "trial_number": t.number,
@@ -58,12 +61,24 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
 
 
+def write_study_snapshot(study: optuna.Study, path: Path) -> None:
+    """study.db as a copy of a study that lives in a shared database (export-report reads it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    optuna.copy_study(
+        from_study_name=study.study_name,
+        from_storage=study._storage,
+        to_storage=f"sqlite:///{tmp}",
+    )
+    tmp.replace(path)
+
+
 def write_search_outputs(study: optuna.Study, params: Params) -> dict[str, Any] | None:
     """Write config.json, trials.csv, best_params.json and a self-contained study.pkl."""
     hpo, out = params.hpo, params.hpo.study_dir
     config = {
         **dataclasses.asdict(params),
-        "storage": storage_url(params),
+        "storage": safe_url(storage_url(params)),
         "versions": {"optuna": optuna.__version__},
     }
     write_json_atomic(out / "config.json", config)
@@ -77,6 +92,8 @@ def write_search_outputs(study: optuna.Study, params: Params) -> dict[str, Any] 
     )
     copy = optuna.load_study(study_name=study.study_name, storage=memory)
     write_bytes_atomic(out / "study.pkl", pickle.dumps(copy))
+    if storage_url(params) != snapshot_url(params):
+        write_study_snapshot(copy, out / "study.db")
 
     best = best_trial(study)
     if best is None:

@@ -1,0 +1,260 @@
+"""Several workers on one study: exact trial totals, SQLite and PostgreSQL, a killed worker."""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import easy_images, tiny_params, write_prepared
+from retfound_hpo.search import FINISHED, open_study, storage_url
+from retfound_hpo.study_files import write_search_outputs
+from retfound_hpo.workers import counted_trials, run_search
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def worker_params(tmp_path, checkpoint, n_train=60, **hpo):
+    """Params whose prepared sets exist on disk: worker processes load them from there."""
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared / "train", easy_images(n_train))
+    write_prepared(prepared / "val", easy_images(30, seed=1))
+    hpo = {"heartbeat_seconds": 1, "pruner": "none", **hpo}
+    return tiny_params(tmp_path, checkpoint, data={"prepared_dir": str(prepared)}, hpo=hpo)
+
+
+def load(params) -> optuna.Study:
+    return optuna.load_study(study_name=params.hpo.study_name, storage=storage_url(params))
+
+
+def assert_exact_totals(study: optuna.Study, n_trials: int) -> None:
+    counted = counted_trials(study)
+    assert len(counted) == n_trials and all(t.state in FINISHED for t in counted)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(len(numbers)))  # no duplicate, none missing
+
+
+def pids(study: optuna.Study) -> set[str]:
+    return {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
+
+
+@pytest.mark.parametrize("n_workers", [2, 4])
+def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers):
+    params = worker_params(tmp_path, mae_checkpoint, n_trials=5, n_workers=n_workers)
+    study, interrupted = run_search(params, None, None)  # the workers load the data themselves
+    assert not interrupted
+    assert_exact_totals(study, 5)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len(pids(study)) >= 2  # the trials really were shared out
+
+
+def test_raising_n_trials_resumes_with_several_workers(tmp_path, mae_checkpoint):
+    params = worker_params(tmp_path, mae_checkpoint, n_trials=2, n_workers=2)
+    first = [(t.number, t.params) for t in run_search(params, None, None)[0].trials]
+    params = worker_params(tmp_path, mae_checkpoint, n_trials=3, n_workers=2)
+    study, _ = run_search(params, None, None)
+    assert_exact_totals(study, 3)
+    assert [(t.number, t.params) for t in study.trials[:2]] == first
+
+
+def wait_for_running_trial(params, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with contextlib.suppress(Exception):  # the study may not exist yet
+            for t in load(params).get_trials(states=(TrialState.RUNNING,)):
+                if "worker" in t.user_attrs and t.user_attrs.get("epochs_run", 0) >= 1:
+                    return t
+        time.sleep(0.2)
+    raise AssertionError("no trial got to its second epoch")
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_sigkill_of_one_worker_leaves_the_others_and_the_totals_right(
+    tmp_path, mae_checkpoint, retries
+):
+    params = worker_params(
+        tmp_path,
+        mae_checkpoint,
+        n_train=400,
+        n_trials=4,
+        n_workers=2,
+        num_epochs=4,
+        early_stopping_patience=4,
+        retry_failed_trials=retries,
+    )
+    open_study(params)  # the database exists before anything else connects to it
+    result = {}
+    search = threading.Thread(target=lambda: result.update(out=run_search(params, None, None)))
+    search.start()
+    victim = wait_for_running_trial(params)
+    host, _, pid = victim.user_attrs["worker"].rpartition(":")
+    assert host == socket.gethostname()
+    os.kill(int(pid), signal.SIGKILL)
+    search.join(timeout=300)
+    assert not search.is_alive()
+
+    study, interrupted = result["out"]
+    assert not interrupted
+    assert_exact_totals(study, 4)
+    dead = study.trials[victim.number]
+    assert dead.state == TrialState.FAIL
+    assert (
+        dead.user_attrs["fail_reason"]
+        == f"worker {victim.user_attrs['worker']} died (killed or crashed)"
+    )
+    survivors = pids(study) - {victim.user_attrs["worker"]}
+    assert survivors and all(
+        t.state == TrialState.COMPLETE for t in counted_trials(study) if t.number != victim.number
+    )
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    if retries:  # the same parameters again, counted once
+        (again,) = retried
+        assert again.params == dead.params and again.state == TrialState.COMPLETE
+        assert "fail_reason" not in again.user_attrs or again.user_attrs["fail_reason"] is None
+    else:
+        assert not retried
+
+
+def test_worker_command_needs_an_existing_study(tmp_path, mae_checkpoint):
+    params = worker_params(tmp_path, mae_checkpoint)
+    proc = subprocess.run(
+        [sys.executable, "-m", "retfound_hpo.workers", "--params", str(tmp_path / "params.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: hpo.study_name: no study")
+    assert not load_or_none(params)
+
+
+def load_or_none(params):
+    try:
+        return load(params)
+    except KeyError:
+        return None
+
+
+# --- PostgreSQL: several machines share a server; here, processes share one on loopback ----------
+
+
+def find_postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+def unavailable(reason: str):
+    """Skip where PostgreSQL cannot run; CI sets RETFOUND_HPO_REQUIRE_POSTGRES and fails."""
+    if os.environ.get("RETFOUND_HPO_REQUIRE_POSTGRES"):
+        pytest.fail(f"PostgreSQL is required here: {reason}")
+    pytest.skip(f"PostgreSQL not available: {reason} (bash scripts/setup.sh --test installs it)")
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 for this test module."""
+    if url := os.environ.get("RETFOUND_HPO_TEST_POSTGRES"):
+        yield url
+        return
+    initdb, pg_ctl = find_postgres_bin("initdb"), find_postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        unavailable("initdb/pg_ctl not found")
+    # The server refuses to run as root: run it as the postgres user where we are root.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="retfound-pg-"))
+    folder.chmod(0o777)
+    data = folder / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        subprocess.run(
+            [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(folder / "log"),
+                "start",
+                "-o",
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        unavailable(f"the server did not start: {getattr(err, 'stderr', err)}")
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_postgres_workers_and_a_joining_worker_run_exactly_n_trials(
+    tmp_path, mae_checkpoint, postgres_url
+):
+    params = worker_params(
+        tmp_path,
+        mae_checkpoint,
+        n_trials=6,
+        n_workers=2,
+        storage=postgres_url,
+        study_name=f"pg_{os.getpid()}_{time.time_ns()}",
+    )
+    # "Another machine": a worker started by hand with the same params joins once the study
+    # exists; the study's two local workers and it share the six trials.
+    open_study(params)  # the database exists before anything else connects to it
+    result = {}
+    search = threading.Thread(target=lambda: result.update(out=run_search(params, None, None)))
+    search.start()
+    wait_for_running_trial(params)
+    joiner = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "retfound_hpo.workers",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--index",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    search.join(timeout=300)
+    assert joiner.returncode == 0, joiner.stderr[-2000:]
+    study, interrupted = result["out"]
+    assert not interrupted
+    assert_exact_totals(study, 6)
+
+    write_search_outputs(study, params)  # study.db: a SQLite copy, for export-report and DVC
+    snapshot = optuna.load_study(
+        study_name=params.hpo.study_name, storage=f"sqlite:///{params.hpo.study_dir / 'study.db'}"
+    )
+    assert [t.params for t in snapshot.trials] == [t.params for t in study.trials]
+    assert "postgres@127.0.0.1" in (params.hpo.study_dir / "config.json").read_text()
