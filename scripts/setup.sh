@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Set up on a fresh machine (Python 3.11 + pip): Debian's chromium for PNG plots where apt is
 # available (elsewhere PNGs come from matplotlib), then a virtual environment with the package.
+# --test also installs PostgreSQL, which the multi-machine worker tests start on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null 2>&1; then
+packages=()
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+if [ "${1:-}" = "--test" ] && ! command -v initdb >/dev/null 2>&1 \
+    && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  packages+=(postgresql)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
-    { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; } \
-      || echo "setup: could not install chromium; PNG plots will be drawn with matplotlib"
+    { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${packages[@]}" >/dev/null; } \
+      || echo "setup: could not install ${packages[*]}: PNG plots fall back to matplotlib," \
+              "PostgreSQL tests skip"
   else
-    echo "setup: no apt-get; PNG plots will be drawn with matplotlib"
+    echo "setup: no apt-get for ${packages[*]}: PNG plots fall back to matplotlib," \
+         "PostgreSQL tests skip"
   fi
 fi
 

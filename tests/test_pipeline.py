@@ -107,3 +107,11 @@ def test_dvc_repro_runs_every_stage_and_resumes(repo):
     assert "results/eval/metrics.json" in json.dumps(shown)
     diff = json.loads(sh("dvc metrics diff --all --json", repo))["results/eval/metrics.json"]
     assert {"test.kappa", "domain_b.kappa", "domain_b.kappa_ci_low"} <= set(diff)
+
+    # Two variants of the trained model differ dataset by dataset in `dvc metrics diff`.
+    sh("git add -A && git commit -qm resumed", repo)
+    sh("dvc exp run -n short -S train_best.epochs=1", repo)
+    sh("dvc exp run -n long -S train_best.epochs=3", repo)
+    diff = json.loads(sh("dvc metrics diff short long --json", repo))["results/eval/metrics.json"]
+    for dataset in ("test", "domain_b"):
+        assert diff[f"{dataset}.auroc"]["diff"] != 0, diff

@@ -1,6 +1,7 @@
 """Crop, resize and cache; image modes, huge images, unreadable images, all-or-nothing caches."""
 
 import logging
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -267,3 +268,19 @@ def test_stage_skips_bad_rows_when_asked(tmp_path, caplog):
         split = pd.read_csv(tmp_path / "splits" / f"{name}.csv", dtype={"id": str})
         _, index = load_prepared(tmp_path / "prepared" / name)
         assert split["id"].tolist() == index["id"].tolist()
+
+
+def test_prepared_images_read_like_the_array(tmp_path):
+    from retfound_hpo.data.preprocess import PreparedImages
+
+    array = np.random.default_rng(0).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", array)
+    images = PreparedImages(tmp_path / "images.npy")
+    assert len(images) == 7 and images.shape == array.shape
+    assert np.array_equal(images[3], array[3]) and np.array_equal(images[-1], array[-1])
+    assert np.array_equal(images[2:5], array[2:5]) and np.array_equal(images[::3], array[::3])
+    assert np.array_equal(np.asarray(images), array) and images[5:2].shape == (0, 4, 4, 3)
+    with pytest.raises(IndexError):
+        images[7]
+    clone = pickle.loads(pickle.dumps(images))  # as a DataLoader worker gets it
+    assert np.array_equal(clone[6], array[6])

@@ -34,7 +34,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 class CachedImages(Dataset):
-    """Prepared images (N, S, S, 3) uint8, usually memory-mapped, with their grades."""
+    """Prepared images (N, S, S, 3) uint8 (an array, or PreparedImages read on demand) with
+    their grades."""
 
     def __init__(self, images: np.ndarray, grades: np.ndarray, transform=None):
         self.images, self.grades = images, np.asarray(grades, dtype=np.int64)

@@ -1,8 +1,9 @@
 """Crop fundus photographs to the retina disc, square them, resize once, and cache the result.
 
 A prepared set is a folder with `images.npy` (N, S, S, 3) uint8 and `index.csv` (id, grade, patient,
-path). Trials memory-map `images.npy`, so no source image is decoded twice, a trial's memory does
-not grow with the data set, and the source resolution no longer matters once prepared. A folder is
+path). Trials read `images.npy` an image at a time (PreparedImages), so no source image is decoded
+twice, a trial's memory does not grow with the data set, and the source resolution no longer
+matters once prepared. A folder is
 built as `<name>.tmp` and renamed when complete; a failed or interrupted run removes it.
 """
 
@@ -207,11 +208,74 @@ def prepare_images(
     return out_dir
 
 
-def load_prepared(folder: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """Memory-map a prepared set: images (N, S, S, 3) uint8 and its index table."""
+class PreparedImages:
+    """The images of an images.npy file (N, S, S, 3) uint8, read on demand with plain reads.
+
+    Not a memory map: pages of a mapped file count in the process's resident memory once
+    touched, so an epoch over a memory map grows it by the whole data set. Read pages stay in
+    the page cache, shared and reclaimable, and the process holds only the batch in hand.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            self._offset = f.tell()
+        if fortran or dtype != np.uint8 or len(shape) != 4:
+            raise ValueError(f"{self.path}: expected (N, S, S, 3) uint8 in C order, got {shape}")
+        self.shape, self.dtype = shape, dtype
+        self._item = int(np.prod(shape[1:]))
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return np.stack([self[i] for i in range(start, stop, step)])
+            return self._read(start, max(0, stop - start))
+        i = int(key) + (len(self) if key < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"image {key} out of range for {len(self)} images")
+        return self._read(i, 1)[0]
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        out = np.empty((count, *self.shape[1:]), np.uint8)
+        view, done = memoryview(out.reshape(-1)), 0
+        while done < out.nbytes:  # one read returns at most ~2 GiB
+            n = os.preadv(self._fd, [view[done:]], self._offset + start * self._item + done)
+            if n == 0:
+                raise OSError(f"{self.path}: truncated (wanted {count} images from image {start})")
+            done += n
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # A worker process of a DataLoader gets its own descriptor.
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
+
+def load_prepared(folder: str | Path) -> tuple[PreparedImages, pd.DataFrame]:
+    """A prepared set: images (N, S, S, 3) uint8, read on demand, and its index table."""
     folder = Path(folder)
     index = pd.read_csv(folder / "index.csv", dtype={"id": str, "patient": str})
-    images = np.load(folder / "images.npy", mmap_mode="r")
+    images = PreparedImages(folder / "images.npy")
     if len(images) != len(index):
         raise ValueError(f"{folder}: images.npy has {len(images)} images, index.csv {len(index)}")
     return images, index
