@@ -157,6 +157,18 @@ def build_model(
     fc_norm trainable."""
     model = build_backbone(cfg, dropout)
     load_retfound_checkpoint(model, checkpoint or cfg.checkpoint)
+    return apply_lora(model, cfg, lora_r, lora_alpha, lora_dropout, lora_targets)
+
+
+def apply_lora(
+    model: VisionTransformer,
+    cfg: ModelConfig,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float | None = None,
+    lora_targets: list[str] | tuple[str, ...] | None = None,
+) -> PeftModel:
+    """Wrap a backbone with LoRA adapters; only they, the head and fc_norm train."""
     targets = [LORA_TARGETS.get(t.strip(), t.strip()) for t in (lora_targets or cfg.lora_targets)]
     lora = LoraConfig(
         r=lora_r,

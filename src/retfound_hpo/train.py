@@ -25,6 +25,7 @@ from retfound_hpo.metrics import classification_metrics
 from retfound_hpo.optim import build_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
+CHECK_EVERY = 20  # steps between checks that the training loss is finite (each syncs a GPU)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -218,7 +219,8 @@ def fit(
     result, best_state, bad_epochs, seen, train_time = FitResult(), None, 0, 0, 0.0
     for epoch in range(1, epochs + 1):
         model.train()
-        start, loss_sum = time.perf_counter(), 0.0
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         batches = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None)
         for step, (x, y) in enumerate(batches, start=1):
             x = normalize(x.to(device, non_blocking=True))  # (B, 3, S, S)
@@ -226,16 +228,17 @@ def fit(
             x = augment(x, aug_generator)
             with _autocast(device, dtype):
                 loss = criterion(model(x).float(), y)
-            if not math.isfinite(loss.item()):
-                raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}")
             scaler.scale(loss / accum).backward()
             if step % accum == 0 or step == len(loader):  # accumulate, then one optimizer step
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss.detach() * len(y)
             seen += len(y)
+            if step % CHECK_EVERY == 0 or step == len(loader):  # one GPU sync per CHECK_EVERY
+                if not math.isfinite(loss_sum.item()):
+                    raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}")
         epoch_time = time.perf_counter() - start
         train_time += epoch_time
 
@@ -245,7 +248,7 @@ def fit(
         val = classification_metrics(val_data.grades, probs)
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum / max(1, len(loader.dataset)),
+            "train_loss": loss_sum.item() / max(1, len(loader.dataset)),
             "lr": max(g["lr"] for g in optimizer.param_groups),  # the head's, with layer decay
             "epoch_seconds": epoch_time,
             **{f"val_{k}": v for k, v in val.items()},
