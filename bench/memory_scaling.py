@@ -9,18 +9,12 @@ Target: growth <= 20 % from 1k to 10k images. Prints JSON.
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from stage_runner import demo_params, run_hpo_search
 
 
 def write_random_prepared(folder: Path, n: int, size: int, seed: int) -> None:
@@ -42,40 +36,16 @@ def write_random_prepared(folder: Path, n: int, size: int, seed: int) -> None:
     )
 
 
-def params_for(workdir: Path, input_size: int) -> dict:
-    return {
-        "seed": 0,
-        "model": {
-            "checkpoint": str(REPO / "models/demo_backbone/checkpoint.pth"),
-            "input_size": input_size,
-        },
-        "data": {"prepared_dir": "prepared"},
-        "hpo": {
-            "output_dir": "optuna",
-            "n_trials": 1,
-            "num_epochs": 1,
-            "pruner": "none",
-            "search_space": {"batch_size": {"type": "categorical", "choices": [32]}},
-        },
-    }
-
-
-def run_stage(workdir: Path) -> tuple[float, float]:
-    """Run hpo-search in `workdir`; return (peak RSS in MiB, seconds)."""
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "stages/hpo_search.py")],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+def params_for(input_size: int) -> dict:
+    params = demo_params(
+        n_trials=1,
+        num_epochs=1,
+        pruner="none",
+        search_space={"batch_size": {"type": "categorical", "choices": [32]}},
     )
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
-    seconds = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"hpo-search failed in {workdir}:\n{proc.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024, seconds  # KiB on Linux
+    params["data"]["prepared_dir"] = "prepared"
+    params["model"]["input_size"] = input_size
+    return params
 
 
 def main() -> None:
@@ -91,10 +61,7 @@ def main() -> None:
             n_val = max(10, n * 15 // 100)  # the demo's val share; test is never read here
             write_random_prepared(workdir / "prepared/train", n - n_val, args.input_size, 0)
             write_random_prepared(workdir / "prepared/val", n_val, args.input_size, 1)
-            (workdir / "params.yaml").write_text(
-                yaml.safe_dump(params_for(workdir, args.input_size))
-            )
-            rss, seconds = run_stage(workdir)
+            rss, seconds = run_hpo_search(workdir, params_for(args.input_size))
             results[str(n)] = {"peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1)}
     small, large = (results[str(n)]["peak_rss_mib"] for n in (args.sizes[0], args.sizes[-1]))
     growth = 100 * (large / small - 1)

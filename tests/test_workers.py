@@ -258,3 +258,37 @@ def test_postgres_workers_and_a_joining_worker_run_exactly_n_trials(
     )
     assert [t.params for t in snapshot.trials] == [t.params for t in study.trials]
     assert "postgres@127.0.0.1" in (params.hpo.study_dir / "config.json").read_text()
+
+
+def test_each_worker_gets_its_own_gpu_or_a_share_of_the_cores(monkeypatch):
+    from retfound_hpo.workers import visible_gpus, worker_env
+
+    envs = [worker_env(i, 4, ["2", "5"], cpus=16) for i in range(4)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "5", "2", "5"]
+    assert {e["RETFOUND_HPO_THREADS"] for e in envs} == {"4"}
+    cpu = worker_env(1, 2, [], cpus=2)
+    assert cpu["RETFOUND_HPO_THREADS"] == cpu["OMP_NUM_THREADS"] == "1"
+    assert "TQDM_DISABLE" not in worker_env(0, 2, [], cpus=2)  # one progress bar, worker 0's
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    assert visible_gpus() == ["3", "7"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_silent_worker_on_another_host_is_failed_by_heartbeat_and_retried(tmp_path, mae_checkpoint):
+    from retfound_hpo.study_files import trials_table
+
+    params = worker_params(tmp_path, mae_checkpoint, n_trials=2, retry_failed_trials=1)
+    study = open_study(params)
+    lost = study.ask()  # running on a machine that then vanished: one heartbeat, then silence
+    lost.suggest_categorical("lora_r", [4, 8])
+    lost.set_user_attr("worker", "other-host:4242")
+    study._storage.record_heartbeat(lost._trial_id)
+    time.sleep(2.5)  # two heartbeat intervals
+
+    study, _ = run_search(params, easy_images(60), easy_images(30, seed=1))
+    assert_exact_totals(study, 2)
+    assert study.trials[0].state == TrialState.FAIL
+    (again,) = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert again.state == TrialState.COMPLETE and again.params["lora_r"] == lost.params["lora_r"]
+    table = trials_table(study, params.hpo.search_space, params.hpo.metric)
+    assert table.loc[0, "fail_reason"] == "worker stopped sending heartbeats (killed or crashed)"

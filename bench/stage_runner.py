@@ -1,0 +1,50 @@
+"""Run the real hpo-search stage in a scratch folder, for the benchmarks that time or weigh it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_params(**hpo) -> dict:
+    """The repository's params.yaml, its paths made absolute, with `hpo` overrides."""
+    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+    params["data"]["prepared_dir"] = str(REPO / params["data"]["prepared_dir"])
+    params["model"]["checkpoint"] = str(REPO / params["model"]["checkpoint"])
+    params["hpo"].update(output_dir="optuna", **hpo)
+    return params
+
+
+def run_hpo_search(workdir: Path, params: dict) -> tuple[float, float]:
+    """Run hpo-search with `params` in `workdir`; return (its peak RSS in MiB, seconds)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    start = time.perf_counter()
+    with open(workdir / "stage.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "stages/hpo_search.py")],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+    seconds = time.perf_counter() - start
+    if status != 0:
+        tail = (workdir / "stage.log").read_text()[-2000:]
+        raise SystemExit(f"hpo-search failed in {workdir}:\n{tail}")
+    return usage.ru_maxrss / 1024, seconds  # KiB on Linux
+
+
+def trials(workdir: Path, params: dict) -> pd.DataFrame:
+    return pd.read_csv(workdir / "optuna" / params["hpo"]["study_name"] / "trials.csv")
