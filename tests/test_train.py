@@ -13,11 +13,9 @@ def model_for(checkpoint):
     return build_model(ModelConfig(checkpoint=str(checkpoint), input_size=32), 8, 16, 0.1)
 
 
-def run(model, epochs=6, patience=10, lr=5e-3, callback=None, train=None):
-    return fit(
-        model,
-        train or easy_images(100),
-        easy_images(50, seed=1),
+def run(model, epochs=6, patience=10, lr=5e-3, callback=None, train=None, **options):
+    """fit() on the easy task; `options` override or add fit's keywords (cfg, warmup_epochs...)."""
+    kwargs = dict(
         epochs=epochs,
         batch_size=16,
         learning_rate=lr,
@@ -28,6 +26,7 @@ def run(model, epochs=6, patience=10, lr=5e-3, callback=None, train=None):
         seed=0,
         on_epoch_end=callback,
     )
+    return fit(model, train or easy_images(100), easy_images(50, seed=1), **{**kwargs, **options})
 
 
 def test_fit_learns_an_easy_task_and_keeps_the_best_epoch(mae_checkpoint):
@@ -85,70 +84,19 @@ def test_gradient_accumulation_steps_less_often(
         return opt
 
     monkeypatch.setattr(train, "build_optimizer", counting_optimizer)
-    fit(
-        model_for(mae_checkpoint),
-        easy_images(100),
-        easy_images(20, seed=1),
-        epochs=2,
-        batch_size=16,
-        learning_rate=1e-3,
-        weight_decay=0.0,
-        patience=5,
-        metric="accuracy",
-        cfg=TrainConfig(grad_accum_steps=accum),
-        seed=0,
-    )
+    run(model_for(mae_checkpoint), epochs=2, patience=5, cfg=TrainConfig(grad_accum_steps=accum))
     assert len(steps) == 2 * steps_per_epoch  # 100 images, batch 16, last partial batch dropped
 
 
 def test_label_smoothing_and_warmup_change_training(mae_checkpoint):
     base = run(model_for(mae_checkpoint), epochs=2).history
-    kw = dict(
-        epochs=2,
-        batch_size=16,
-        learning_rate=5e-3,
-        weight_decay=0.0,
-        patience=10,
-        metric="accuracy",
-        cfg=TrainConfig(),
-        seed=0,
-    )
-    smooth = fit(
-        model_for(mae_checkpoint),
-        easy_images(100),
-        easy_images(50, seed=1),
-        label_smoothing=0.2,
-        **kw,
-    ).history
-    warm = fit(
-        model_for(mae_checkpoint), easy_images(100), easy_images(50, seed=1), warmup_epochs=1, **kw
-    ).history
+    smooth = run(model_for(mae_checkpoint), epochs=2, label_smoothing=0.2).history
+    warm = run(model_for(mae_checkpoint), epochs=2, warmup_epochs=1).history
     assert smooth[0]["train_loss"] != base[0]["train_loss"]
     assert warm[0]["lr"] > base[0]["lr"]  # still at the peak after one warmup epoch
 
 
 def test_randaugment_option_changes_training_images(mae_checkpoint):
-    kw = dict(
-        epochs=1,
-        batch_size=16,
-        learning_rate=5e-3,
-        weight_decay=0.0,
-        patience=10,
-        metric="accuracy",
-        seed=0,
-    )
-    basic = fit(
-        model_for(mae_checkpoint),
-        easy_images(100),
-        easy_images(50, seed=1),
-        cfg=TrainConfig(),
-        **kw,
-    ).history
-    strong = fit(
-        model_for(mae_checkpoint),
-        easy_images(100),
-        easy_images(50, seed=1),
-        cfg=TrainConfig(augment="randaugment"),
-        **kw,
-    ).history
-    assert strong[0]["train_loss"] != basic[0]["train_loss"]
+    basic = run(model_for(mae_checkpoint), epochs=1).history
+    strong = run(model_for(mae_checkpoint), epochs=1, cfg=TrainConfig(augment="randaugment"))
+    assert strong.history[0]["train_loss"] != basic[0]["train_loss"]
