@@ -6,6 +6,10 @@ pruner, best value within 2 points of the unpruned search's. Needs `dvc repro pr
 (data/prepared) and the demo backbone. Prints JSON.
 
     python bench/pruning_savings.py [--pruners median hyperband] [--n-trials 24]
+        [--warmup-epochs 1] [--baseline earlier.json]
+
+--baseline takes the unpruned run from an earlier output of this script with the same trial
+count, instead of running it again (it is the slow one and does not depend on pruner settings).
 """
 
 import argparse
@@ -20,14 +24,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pruners", nargs="+", default=["median"])
     parser.add_argument("--n-trials", type=int, default=None, help="default: params.yaml's")
+    parser.add_argument("--warmup-epochs", type=int, default=None, help="hpo.pruner_warmup_epochs")
+    parser.add_argument("--baseline", type=Path, default=None, help="earlier JSON output")
     args = parser.parse_args()
 
     runs = {}
+    if args.baseline:
+        runs["none"] = json.loads(args.baseline.read_text())["runs"]["none"]
+        if args.n_trials and runs["none"]["trials"] != args.n_trials:
+            raise SystemExit(f"{args.baseline}: its unpruned run has another trial count")
     with tempfile.TemporaryDirectory() as tmp:
-        for pruner in ["none", *args.pruners]:
+        for pruner in [p for p in ["none", *args.pruners] if p not in runs]:
             overrides = {"pruner": pruner}
             if args.n_trials:
                 overrides["n_trials"] = args.n_trials
+            if args.warmup_epochs is not None:
+                overrides["pruner_warmup_epochs"] = args.warmup_epochs
             params = demo_params(**overrides)
             workdir = Path(tmp) / pruner
             _, seconds = run_hpo_search(workdir, params)
@@ -55,6 +67,7 @@ def main() -> None:
             {
                 "benchmark": "epochs run with and without pruning (early stopping on in both)",
                 "metric": params["hpo"]["metric"],
+                "pruner_warmup_epochs": params["hpo"]["pruner_warmup_epochs"],
                 "runs": runs,
                 "savings": savings,
                 "targets": {"fewer_epochs_percent": ">= 40", "best_value_gap_points": "<= 2"},

@@ -50,7 +50,8 @@ def pids(study: optuna.Study) -> set[str]:
 
 @pytest.mark.parametrize("n_workers", [2, 4])
 def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers):
-    params = worker_params(tmp_path, mae_checkpoint, n_trials=5, n_workers=n_workers)
+    # Trials of a few seconds: long against the gap between the workers' start-ups.
+    params = worker_params(tmp_path, mae_checkpoint, n_train=400, n_trials=5, n_workers=n_workers)
     study, interrupted = run_search(params, None, None)  # the workers load the data themselves
     assert not interrupted
     assert_exact_totals(study, 5)
@@ -220,6 +221,7 @@ def test_postgres_workers_and_a_joining_worker_run_exactly_n_trials(
     params = worker_params(
         tmp_path,
         mae_checkpoint,
+        n_train=400,  # trials of a few seconds: the test sees one running
         n_trials=6,
         n_workers=2,
         storage=postgres_url,
