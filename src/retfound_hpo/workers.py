@@ -308,8 +308,12 @@ def run_search(params: Params, train: CachedImages, val: CachedImages) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`retfound-worker`: join the study that params.yaml names and run trials until it is done."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    """Console command retfound-worker: join a study from any machine and run its trials."""
+    parser = argparse.ArgumentParser(
+        description="Join the study that params.yaml names (hpo.storage, hpo.study_name) and "
+        "run trials until it holds hpo.n_trials. The study must exist: start the search on the "
+        "main machine first (dvc repro hpo-search)."
+    )
     parser.add_argument("--params", default="params.yaml", help="the same params as the study's")
     parser.add_argument("--index", type=int, default=0, help="worker number (sampler seed, logs)")
     args = parser.parse_args(argv)
