@@ -76,8 +76,11 @@ def write_study_snapshot(study: optuna.Study, path: Path) -> None:
 def write_search_outputs(study: optuna.Study, params: Params) -> dict[str, Any] | None:
     """Write config.json, trials.csv, best_params.json and a self-contained study.pkl."""
     hpo, out = params.hpo, params.hpo.study_dir
+    settings = dataclasses.asdict(params)
+    if hpo.storage:  # a PostgreSQL URL may carry a password
+        settings["hpo"]["storage"] = safe_url(hpo.storage)
     config = {
-        **dataclasses.asdict(params),
+        **settings,
         "storage": safe_url(storage_url(params)),
         "versions": {"optuna": optuna.__version__},
     }
