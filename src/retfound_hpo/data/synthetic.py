@@ -29,6 +29,7 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from retfound_hpo.data import fundus_draw as fd
+from retfound_hpo.data import fundus_vessels
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,9 @@ def _render(
     yy, xx = np.ogrid[0 : eye.h, 0 : eye.w]
     yy, xx = yy.astype(np.float32), xx.astype(np.float32)
     img = _anatomy(rng, eye, xx, yy)
-    vessels = fd.vascular_tree(rng, eye)
+    vessels = fundus_vessels.vascular_tree(rng, eye)
     masks = fd.Masks(eye.h, eye.w)
-    fd.draw_vessels(masks, vessels)
+    fundus_vessels.draw_vessels(masks, vessels)
     dme = fd.draw_lesions(lesion_rng, eye, grade, scale, masks, vessels)
     diameter = 2 * eye.radius
     for name, (tint, blur) in TINTS.items():
