@@ -194,14 +194,15 @@ def test_all_plots_written_and_linked(full):
 def test_time_spent_from_trial_datetimes(tmp_path):
     study = optuna.create_study(direction="maximize")
     start = dt.datetime(2024, 5, 1, 10, 0, 0)
-    for i, offset in enumerate([0, 30]):  # two 1-hour trials, the second starts 30 min later
+    # two 1-hour trials, the second starts 30 min later and is pruned: it still ends the search
+    for i, (offset, state) in enumerate([(0, TrialState.COMPLETE), (30, TrialState.PRUNED)]):
         begin = start + dt.timedelta(minutes=offset)
         study.add_trial(
             optuna.trial.FrozenTrial(
                 number=i,
                 trial_id=i,
-                state=TrialState.COMPLETE,
-                value=50.0 + i,
+                state=state,
+                value=50.0 if state == TrialState.COMPLETE else None,
                 datetime_start=begin,
                 datetime_complete=begin + dt.timedelta(hours=1),
                 params={"dropout": 0.1 + i / 10},
@@ -214,7 +215,7 @@ def test_time_spent_from_trial_datetimes(tmp_path):
     text = write_report(study, tmp_path, SPACE, png_backend="matplotlib").read_text()
     spent = section(text, "Time spent")
     assert "Sum of trial durations: 2:00:00 (2 finished trials)" in spent
-    assert "last trial completion: 1:30:00" in spent
+    assert "last trial end: 1:30:00" in spent
     assert "hpo.num_epochs) not given" in text and "optuna-dashboard" not in text
 
 

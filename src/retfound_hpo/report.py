@@ -217,14 +217,14 @@ def _best_and_top(
 def _time_spent(trials: Sequence[FrozenTrial]) -> Iterable[str]:
     durations = [t.duration for t in trials if t.duration is not None]
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    ends = [t.datetime_complete for t in trials if t.state == TrialState.COMPLETE]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]  # pruned too
     yield "## Time spent\n"
     yield (
         f"- Sum of trial durations: {_hms(sum(durations, timedelta()))} "
         f"({len(durations)} finished trials)"
     )
-    wall = _hms(max(ends) - min(starts)) if ends else "n/a (no completed trial)"
-    yield f"- Wall clock, first trial start → last trial completion: {wall}\n"
+    wall = _hms(max(ends) - min(starts)) if ends else "n/a (no finished trial)"
+    yield f"- Wall clock, first trial start → last trial end: {wall}\n"
 
 
 def _epochs_saved(trials: Sequence[FrozenTrial], num_epochs: int | None) -> Iterable[str]:
