@@ -254,10 +254,19 @@ def test_kill_9_mid_trial_then_resume(tmp_path, mae_checkpoint, data):
 
 
 def trial_states_read_only(db: Path) -> list[str]:
-    """Trial states straight from SQLite, read-only: Optuna would create tables and race."""
+    """Trial states straight from SQLite, read-only: Optuna would create tables and race.
+
+    A RUNNING trial reads RUNNING only once its objective has recorded the worker; before
+    that it reads STARTING (killed then, it is failed as interrupted, not as a dead worker)."""
+    query = """
+        SELECT CASE WHEN t.state = 'RUNNING' AND a.trial_id IS NULL THEN 'STARTING'
+                    ELSE t.state END
+        FROM trials t LEFT JOIN trial_user_attributes a
+            ON a.trial_id = t.trial_id AND a.key = 'worker'
+        ORDER BY t.number"""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return [r[0] for r in conn.execute("SELECT state FROM trials ORDER BY number")]
+            return [r[0] for r in conn.execute(query)]
     except sqlite3.Error:  # no database or no tables yet
         return []
 
