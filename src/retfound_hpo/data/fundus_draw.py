@@ -147,7 +147,7 @@ def tangle(
     return out
 
 
-# Vascular tree
+# DR lesions
 
 
 def fov_points(rng: np.random.Generator, eye: Eye, n: int, quadrant: int | None = None):

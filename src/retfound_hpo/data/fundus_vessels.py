@@ -118,6 +118,3 @@ def draw_vessels(masks: Masks, vessels: list[Vessel]) -> None:
         stroke(masks["vein" if v.vein else "artery"], v.points, v.widths)
         if not v.vein and v.widths[0] > 2.5:  # central light reflex on larger arteries
             stroke(masks["reflex"], v.points, v.widths * 0.28, 140)
-
-
-# DR lesions
