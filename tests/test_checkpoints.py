@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from retfound_hpo.config import ModelConfig
+from retfound_hpo.errors import CheckpointError
 from retfound_hpo.model import (
     ARCH_KWARGS,
-    CheckpointError,
     build_backbone,
     build_model,
     load_retfound_checkpoint,

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retfound_hpo.config import ConfigError, load_params
+from retfound_hpo.config import load_params
+from retfound_hpo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import tiny_params
-from retfound_hpo.config import ConfigError, ModelConfig
+from retfound_hpo.config import ModelConfig
+from retfound_hpo.errors import ConfigError
 from retfound_hpo.evaluate import evaluate_datasets
 from retfound_hpo.io import write_json_atomic
 from retfound_hpo.metrics import evaluation_metrics

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retfound_hpo.data.formats import DatasetError, read_dataset
+from retfound_hpo.data.formats import read_dataset
+from retfound_hpo.errors import DatasetError
 
 
 def image(path, fmt=None):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from retfound_hpo.config import ModelConfig
+from retfound_hpo.errors import CheckpointError
 from retfound_hpo.model import (
-    CheckpointError,
     build_backbone,
     build_model,
     count_trainable,

@@ -12,7 +12,6 @@ from PIL import Image
 import retfound_hpo.data.preprocess as preprocess
 from conftest import fundus_like
 from retfound_hpo.config import load_params
-from retfound_hpo.data.formats import DatasetError
 from retfound_hpo.data.prepare import prepare_split
 from retfound_hpo.data.preprocess import (
     crop_to_disc,
@@ -21,6 +20,7 @@ from retfound_hpo.data.preprocess import (
     prepare_images,
     preprocess_image,
 )
+from retfound_hpo.errors import DatasetError
 
 
 def test_crop_removes_black_border_and_squares():

@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import easy_images, tiny_params
-from retfound_hpo.config import ConfigError
+from retfound_hpo.errors import ConfigError
 from retfound_hpo.search import open_study, storage_url
 from retfound_hpo.study_files import write_search_outputs
 from retfound_hpo.workers import run_search

@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from retfound_hpo.config import ConfigError
+from retfound_hpo.errors import ConfigError
 from retfound_hpo.space import check_search_space, suggest_hparams
 
 GUIDE_CONDITIONAL = {

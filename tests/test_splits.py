@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from retfound_hpo.data.formats import DatasetError
 from retfound_hpo.data.splits import split_dataset, summarize_splits
+from retfound_hpo.errors import DatasetError
 
 
 def table(n_patients=200, eyes=2):

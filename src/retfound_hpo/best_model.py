@@ -7,7 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from retfound_hpo.config import ConfigError, Params
+from retfound_hpo.config import Params
+from retfound_hpo.errors import ConfigError
 from retfound_hpo.model import save_trained_model
 from retfound_hpo.search import resolve_hparams, train_config
 from retfound_hpo.train import CachedImages, FitResult

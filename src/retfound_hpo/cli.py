@@ -7,11 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from retfound_hpo.config import ConfigError
-from retfound_hpo.data.formats import DatasetError
-from retfound_hpo.model import CheckpointError
-
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+from retfound_hpo.errors import UserError
 
 
 def run_stage(main: Callable[[], None], prefix: str | None = None) -> None:
@@ -27,6 +23,6 @@ def run_stage(main: Callable[[], None], prefix: str | None = None) -> None:
     logging.getLogger("optuna").setLevel(logging.INFO)
     try:
         main()
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -11,14 +11,13 @@ from typing import Any, Literal
 
 import yaml
 
+from retfound_hpo.errors import ConfigError
+from retfound_hpo.space import check_search_space, normalize_search_space
+
 DATA_FORMATS = ("aptos", "eyepacs", "messidor", "idrid", "csv")
 ARCHS = ("vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2")
 METRICS = ("accuracy", "kappa", "auroc", "f1")
 STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://")
-
-
-class ConfigError(ValueError):
-    """A params value that is not allowed; the message names key, value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: file not found")
     raw = yaml.safe_load(path.read_text()) or {}
     params = _build(Params, raw, "")
-    from retfound_hpo.space import normalize_search_space  # space.py imports ConfigError
-
     space = normalize_search_space(params.hpo.search_space)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
     _check_values(params)
@@ -327,6 +324,4 @@ def _check_values(p: Params) -> None:
         names,
         "names must be unique and not 'test' (the held-out split)",
     )
-    from retfound_hpo.space import check_search_space  # space.py imports ConfigError from here
-
     check_search_space(h.search_space)

@@ -16,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from retfound_hpo.config import ModelConfig
+from retfound_hpo.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ ARCH_KWARGS = {
 ALLOWED_MISSING = ("head.", "fc_norm.")
 ALLOWED_UNEXPECTED = ("norm.", "mask_token", "decoder_")
 MODEL_CONFIG_FILE = "model_config.json"
-
-
-class CheckpointError(ValueError):
-    """The checkpoint does not fit the chosen architecture."""
 
 
 def build_backbone(cfg: ModelConfig, dropout: float = 0.0) -> VisionTransformer:

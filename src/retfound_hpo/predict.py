@@ -25,11 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 from retfound_hpo.cli import run_stage
-from retfound_hpo.data.formats import DatasetError
 from retfound_hpo.data.preprocess import preprocess_image
+from retfound_hpo.errors import CheckpointError, DatasetError
 from retfound_hpo.export import MERGED_FILE, load_merged
 from retfound_hpo.io import write_text_atomic
-from retfound_hpo.model import MODEL_CONFIG_FILE, CheckpointError, load_trained_model
+from retfound_hpo.model import MODEL_CONFIG_FILE, load_trained_model
 from retfound_hpo.train import predict_proba, resolve_device
 
 log = logging.getLogger(__name__)

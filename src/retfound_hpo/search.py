@@ -17,7 +17,8 @@ import torch
 from optuna.trial import TrialState
 
 from retfound_hpo import tracking
-from retfound_hpo.config import ConfigError, Params
+from retfound_hpo.config import Params
+from retfound_hpo.errors import ConfigError
 from retfound_hpo.model import build_model, count_trainable
 from retfound_hpo.space import suggest_hparams
 from retfound_hpo.train import CachedImages, NonFiniteLossError, fit

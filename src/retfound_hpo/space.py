@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from retfound_hpo.config import ConfigError
+from retfound_hpo.errors import ConfigError
 
 # Hyperparameters the objective knows how to use.
 TUNABLE = (

@@ -22,15 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from retfound_hpo.errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 SKIP_HINT = "skip_bad_rows: true skips them"
 EYE_NAME = re.compile(r"^(?P<patient>.+)_(?:left|right)$")  # EyePACS: 10_left, 10_right
 TEMPLATE_FIELDS = ("id", "label", "patient")
-
-
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file, the row and what is wrong."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from retfound_hpo.data.formats import SKIP_HINT, DatasetError
+from retfound_hpo.data.formats import SKIP_HINT
+from retfound_hpo.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
