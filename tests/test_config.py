@@ -1,3 +1,6 @@
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,19 @@ def test_repo_params_are_valid():
         (("hpo", "search_space", "learning_rate", "low"), 1.0, "must be <= high"),
         (("hpo", "search_space", "learning_rate", "low"), 0.0, "log scale needs low > 0"),
         (("hpo", "search_space", "dropout", "type"), "normal", "hpo.search_space.dropout.type"),
+        (("seed",), -1, r"seed: -1 is not allowed; must be an integer in \[0, 2\*\*32\)"),
+        (("train_best", "early_stopping_patience"), 0, "train_best.early_stopping_patience: 0"),
+        (("model", "num_classes"), 7, "model.num_classes: 7 is not allowed; must be 2-5"),
+        (("model", "lora_targets"), ["qkvx"], "model.lora_targets[0]: 'qkvx' is not allowed"),
+        (("train", "device"), "gpu", "train.device: 'gpu' is not allowed; use auto, cpu, cuda"),
+        (("train", "eval_batch_size"), 0, "train.eval_batch_size: 0 is not allowed"),
+        (("data", "skip_bad_rows"), 1.0, "data.skip_bad_rows: expected true or false, got 1.0"),
+        (("data", "skip_bad_rows"), "TRUE", "data.skip_bad_rows: expected true or false"),
+        (
+            ("hpo", "search_space", "batch_size", "choices"),
+            [0, 16],
+            "hpo.search_space.batch_size.choices[0]: 0 is not allowed",
+        ),
         (
             ("hpo", "search_space", "warmup"),
             {"type": "int", "low": 0, "high": 2},
@@ -58,7 +74,7 @@ def test_bad_values_name_the_key(tmp_path, path, value, message):
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=message if "\\" in message else re.escape(message)):
         load_params(write(tmp_path, data))
 
 
@@ -94,3 +110,59 @@ def test_exponents_written_by_dvc_exp_run_are_numbers(tmp_path):
     params = load_params(path)
     assert params.hpo.search_space["learning_rate"]["low"] == 1e-5
     assert params.train.weight_decay == 1e-4
+
+
+def test_missing_key_of_an_evaluation_dataset_is_named(tmp_path):
+    data = repo_params()
+    del data["evaluate"]["datasets"][0]["images"]
+    with pytest.raises(ConfigError) as err:
+        load_params(write(tmp_path, data))
+    assert str(err.value) == (
+        "evaluate.datasets[0].images: missing; required keys here: name, format, csv, images"
+    )
+
+
+def tab_indented(text: str) -> str:
+    return text.replace("\n  n_trials:", "\n\tn_trials:")
+
+
+def tab_line() -> int:
+    lines = tab_indented((REPO / "params.yaml").read_text()).splitlines()
+    return next(i for i, text in enumerate(lines, start=1) if text.startswith("\t"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "line", "stages"),
+    [
+        (
+            tab_indented,
+            "error: params.yaml: line {tab}, column 1: not valid YAML (found character '\\t' "
+            "that cannot start any token); indent with spaces, not tabs",
+            ("prepare_split", "hpo_search", "train_best", "evaluate_cross_dataset"),
+        ),
+        (
+            lambda text: text.replace("      images: data/demo/messidor/IMAGES\n", ""),
+            "error: evaluate.datasets[0].images: missing; required keys here: name, format, "
+            "csv, images",
+            ("evaluate_cross_dataset",),
+        ),
+        (
+            lambda text: text.replace("seed: 42", "seed: -1"),
+            "error: seed: -1 is not allowed; must be an integer in [0, 2**32)",
+            ("hpo_search",),
+        ),
+    ],
+)
+def test_bad_params_file_stops_the_stages_in_one_line(tmp_path, edit, line, stages):
+    text = edit((REPO / "params.yaml").read_text())
+    assert text != (REPO / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text)
+    for stage in stages:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / f"stages/{stage}.py")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (proc.returncode, proc.stderr.strip()) == (2, line.format(tab=tab_line())), stage

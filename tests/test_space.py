@@ -70,6 +70,118 @@ def test_bad_search_space_names_the_key(space, message):
         check_search_space(space)
 
 
+LORA_R = {"type": "categorical", "choices": [4, 8, 16, 32]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        # Values a trial would fail with: refused before any trial runs.
+        (
+            {"batch_size": {"type": "categorical", "choices": [0, 16]}},
+            r"batch_size.choices\[0\]: 0 is not allowed; batch_size must be an integer >= 1",
+        ),
+        (
+            {"batch_size": {"type": "float", "low": 8, "high": 32}},
+            r"batch_size.type: 'float' is not allowed; batch_size must be an integer",
+        ),
+        (
+            {"lora_targets": {"type": "categorical", "choices": ["qkv", "qkvx"]}},
+            r"lora_targets.choices\[1\]: 'qkvx' is not allowed; lora_targets must be "
+            r"comma-separated names out of \['qkv', 'proj', 'fc1', 'fc2'\]",
+        ),
+        (
+            {"dropout": {"type": "float", "low": 0.1, "high": 1.5}},
+            r"dropout.high: 1.5 is not allowed; dropout must be in \[0, 1\)",
+        ),
+        (
+            {"lora_r": {"type": "int", "low": 0, "high": 8}},
+            r"lora_r.low: 0 is not allowed; lora_r must be an integer >= 1",
+        ),
+        (
+            {"warmup_epochs": {"type": "int", "low": 0, "high": 4, "step": 0}},
+            r"warmup_epochs.step: 0 is not allowed; a whole number > 0",
+        ),
+        (
+            {"dropout": {"type": "float", "low": 0.1, "high": 0.5, "step": -0.1}},
+            r"dropout.step: -0.1 is not allowed; a number > 0",
+        ),
+        (
+            {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": "yes"}},
+            r"learning_rate.log: 'yes' is not allowed; true or false",
+        ),
+        # Conditions that can never be met would silently never draw their entry.
+        (
+            {
+                "lora_r": LORA_R,
+                "warmup_epochs": {
+                    "type": "int", "low": 0, "high": 2,
+                    "condition": {"param": "lora_r", "values": [64]},
+                },
+            },
+            r"warmup_epochs.condition.values: 64 is not allowed; lora_r never draws it; "
+            r"it draws \[4, 8, 16, 32\]",
+        ),
+        (
+            {
+                "lora_r": LORA_R,
+                "lora_alpha": {
+                    "type": "categorical", "choices": [16],
+                    "cases": [{"when": {"param": "lora_r", "values": ["16"]}, "choices": [32]}],
+                },
+            },
+            r"lora_alpha.cases\[0\].when.values: '16' is not allowed; lora_r never draws it",
+        ),
+        (
+            {
+                "warmup_epochs": {"type": "int", "low": 0, "high": 3},
+                "label_smoothing": {
+                    "type": "float", "low": 0, "high": 0.2,
+                    "condition": {"param": "warmup_epochs", "values": [5]},
+                },
+            },
+            r"label_smoothing.condition.values: 5 is not allowed; warmup_epochs never draws it; "
+            r"it draws integers 0-3",
+        ),
+        (
+            {
+                "dropout": {"type": "float", "low": 0.1, "high": 0.5},
+                "lora_r": {**LORA_R, "condition": {"param": "dropout", "values": [0.2]}},
+            },
+            r"lora_r.condition.param: 'dropout' is not allowed; a float entry never equals",
+        ),
+    ],
+)  # fmt: skip
+def test_values_every_trial_would_fail_on_are_refused(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        check_search_space(entry)
+
+
+def test_a_condition_may_name_a_value_only_a_case_draws():
+    space = {
+        "lora_r": LORA_R,
+        "lora_alpha": {
+            "type": "categorical",
+            "choices": [16],
+            "cases": [{"when": {"param": "lora_r", "values": [32]}, "choices": [32, 64]}],
+        },
+        "warmup_epochs": {
+            "type": "int",
+            "low": 0,
+            "high": 2,
+            "condition": {"param": "lora_alpha", "values": [64]},
+        },
+    }
+    check_search_space(space)  # lora_alpha draws 64 only under its case: still reachable
+
+
+def test_lora_target_names_match_the_model():
+    from retfound_hpo.model import LORA_TARGETS
+    from retfound_hpo.space import LORA_TARGET_NAMES
+
+    assert set(LORA_TARGETS) == set(LORA_TARGET_NAMES)
+
+
 def test_guide_conditional_space_is_valid():
     check_search_space(GUIDE_CONDITIONAL)
 

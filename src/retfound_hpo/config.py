@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,12 +13,13 @@ from typing import Any, Literal
 import yaml
 
 from retfound_hpo.errors import ConfigError
-from retfound_hpo.space import check_search_space, normalize_search_space
+from retfound_hpo.space import LORA_TARGET_NAMES, check_search_space, normalize_search_space
 
 DATA_FORMATS = ("aptos", "eyepacs", "messidor", "idrid", "csv")
 ARCHS = ("vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2")
 METRICS = ("accuracy", "kappa", "auroc", "f1")
 STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {_yaml_problem(err)}") from None
     params = _build(Params, raw, "")
     space = normalize_search_space(params.hpo.search_space)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
@@ -184,16 +189,37 @@ def dump_params(params: Params, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(plain(dataclasses.asdict(params)), sort_keys=False))
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """'line 5, column 1: found character '\\t' ...' from a YAML error, in one line."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    tab = "\t" in problem or "'\\t'" in problem  # PyYAML shows the tab escaped
+    hint = "; indent with spaces, not tabs" if tab else ""
+    return f"{where}not valid YAML ({problem}){hint}"
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     """Build dataclass `cls` from a dict, type-checking each field; unknown keys are errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     unknown = sorted(set(raw) - names)
     if unknown:
         key = f"{prefix}{unknown[0]}"
         raise ConfigError(f"{key}: unknown key; allowed keys here: {', '.join(sorted(names))}")
+    required = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ConfigError(
+            f"{prefix}{missing[0]}: missing; required keys here: {', '.join(required)}"
+        )
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in raw.items()}
     return cls(**kwargs)
 
@@ -227,7 +253,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return float(value)  # `dvc exp run -S x=1e-5` writes 1e-05, which YAML 1.1 reads as text
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    expected = "true or false" if hint is bool else hint.__name__
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
 def _is_number(text: str) -> bool:
@@ -246,6 +273,8 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 def _check_values(p: Params) -> None:
     """Range checks that types alone cannot express."""
     d, m, t, h, tb = p.data, p.model, p.train, p.hpo, p.train_best
+    # numpy's generators take seeds below 2**32; a negative seed fails deep inside a trial.
+    _require(0 <= p.seed < 2**32, "seed", p.seed, "must be an integer in [0, 2**32)")
     _require(d.format in DATA_FORMATS, "data.format", d.format, f"choose one of {DATA_FORMATS}")
     for key, frac in (
         ("data.val_fraction", d.val_fraction),
@@ -262,14 +291,35 @@ def _check_values(p: Params) -> None:
         m.input_size,
         f"must be a multiple of {patch} (the patch size of {m.arch}), at least {2 * patch}",
     )
-    _require(m.num_classes >= 2, "model.num_classes", m.num_classes, "must be >= 2")
+    _require(
+        2 <= m.num_classes <= 5,
+        "model.num_classes",
+        m.num_classes,
+        "must be 2-5 (DR grades 0-4; the data's highest grade + 1)",
+    )
     _require(
         0 <= m.drop_path_rate < 1, "model.drop_path_rate", m.drop_path_rate, "must be in [0, 1)"
     )
     _require(
         len(m.lora_targets) > 0, "model.lora_targets", m.lora_targets, "list at least one module"
     )
+    for i, target in enumerate(m.lora_targets):
+        _require(
+            target in LORA_TARGET_NAMES,
+            f"model.lora_targets[{i}]",
+            target,
+            f"choose from {list(LORA_TARGET_NAMES)} (attention qkv and proj, MLP fc1 and fc2)",
+        )
+    _require(0 <= m.lora_dropout < 1, "model.lora_dropout", m.lora_dropout, "must be in [0, 1)")
     _require(t.num_workers >= 0, "train.num_workers", t.num_workers, "must be >= 0")
+    _require(
+        DEVICE.fullmatch(t.device) is not None,
+        "train.device",
+        t.device,
+        "use auto, cpu, cuda, cuda:<index> or mps",
+    )
+    _require(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "must be >= 1")
+    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _require(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
     _require(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")
     _require(
@@ -317,6 +367,12 @@ def _check_values(p: Params) -> None:
         "use null (study.db in hpo.output_dir), sqlite:///<path> or postgresql://user@host/db",
     )
     _require(tb.epochs >= 1, "train_best.epochs", tb.epochs, "must be >= 1")
+    _require(
+        tb.early_stopping_patience >= 1,
+        "train_best.early_stopping_patience",
+        tb.early_stopping_patience,
+        "must be >= 1 (epochs without improvement before stopping)",
+    )
     names = [ds.name for ds in p.evaluate.datasets]
     _require(
         len(set(names)) == len(names) and "test" not in names,

@@ -19,20 +19,36 @@ import optuna
 
 from retfound_hpo.errors import ConfigError
 
-# Hyperparameters the objective knows how to use.
-TUNABLE = (
-    "lora_r",
-    "lora_alpha",
-    "learning_rate",
-    "batch_size",
-    "dropout",
-    "weight_decay",
-    "warmup_epochs",
-    "lora_dropout",
-    "label_smoothing",
-    "lora_targets",
-    "layer_decay",
-)
+# Short LoRA target names (model.LORA_TARGETS maps them to the ViT's modules).
+LORA_TARGET_NAMES = ("qkv", "proj", "fc1", "fc2")
+
+
+def _targets_ok(value: Any) -> bool:
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else []
+    return bool(names) and all(n in LORA_TARGET_NAMES for n in names)
+
+
+# Hyperparameters the objective knows how to use: (integer only?, rule for a value, the rule
+# in words). A value outside its rule would fail every trial that draws it, so it is refused
+# before any trial runs.
+HPARAMS: dict[str, tuple[bool, Any, str]] = {
+    "lora_r": (True, lambda v: v >= 1, "an integer >= 1"),
+    "lora_alpha": (False, lambda v: v > 0, "a number > 0"),
+    "learning_rate": (False, lambda v: v > 0, "a number > 0"),
+    "batch_size": (True, lambda v: v >= 1, "an integer >= 1"),
+    "dropout": (False, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (False, lambda v: v >= 0, "a number >= 0"),
+    "warmup_epochs": (True, lambda v: v >= 0, "an integer >= 0"),
+    "lora_dropout": (False, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "label_smoothing": (False, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lora_targets": (
+        False,
+        _targets_ok,
+        f"comma-separated names out of {list(LORA_TARGET_NAMES)}, e.g. 'qkv,proj'",
+    ),
+    "layer_decay": (False, lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+TUNABLE = tuple(HPARAMS)
 TYPES = ("categorical", "int", "float")
 RANGE_KEYS = {"low", "high", "step", "log"}
 ALLOWED_KEYS = {"categorical": {"choices"}, "int": RANGE_KEYS, "float": RANGE_KEYS}
@@ -71,22 +87,65 @@ def normalize_search_space(space: Any) -> Any:
     return out
 
 
-def _check_distribution(key: str, kind: str, spec: dict) -> None:
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_value(key: str, name: str, value: Any) -> None:
+    """A value `name` may take: of the right kind and within its rule (HPARAMS)."""
+    integer, rule, allowed = HPARAMS[name]
+    if name == "lora_targets":
+        ok = rule(value)
+    elif integer:
+        ok = isinstance(value, int) and not isinstance(value, bool) and rule(value)
+    else:
+        ok = _is_number(value) and rule(value)
+    if not ok:
+        _fail(key, value, f"{name} must be {allowed}")
+
+
+def _check_distribution(key: str, name: str, kind: str, spec: dict) -> None:
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             _fail(f"{key}.choices", choices, "give a non-empty list")
+        for i, choice in enumerate(choices):
+            _check_value(f"{key}.choices[{i}]", name, choice)
         return
+    if name == "lora_targets":
+        _fail(f"{key}.type", kind, "lora_targets takes categorical choices of names")
+    if HPARAMS[name][0] and kind == "float":
+        _fail(f"{key}.type", kind, f"{name} must be {HPARAMS[name][2]}: use int or categorical")
     low, high = spec.get("low"), spec.get("high")
     for bound, v in (("low", low), ("high", high)):
-        if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+        if not _is_number(v):
             _fail(f"{key}.{bound}", v, "give a finite number")
+        if kind == "int" and not isinstance(v, int):
+            _fail(f"{key}.{bound}", v, "an int entry needs integer bounds")
     if low > high:
         _fail(f"{key}.low", low, f"must be <= high ({high})")
-    if spec.get("log") and low <= 0:
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        _fail(f"{key}.log", log, "true or false")
+    if log and low <= 0:
         _fail(f"{key}.low", low, "log scale needs low > 0")
-    if spec.get("log") and spec.get("step") not in (None, 1 if kind == "int" else None):
-        _fail(f"{key}.step", spec["step"], "step cannot be combined with log")
+    for bound, v in (("low", low), ("high", high)):
+        _check_value(f"{key}.{bound}", name, v)
+    if step is not None:
+        if not _is_number(step) or step <= 0 or (kind == "int" and not isinstance(step, int)):
+            _fail(f"{key}.step", step, f"a {'whole ' if kind == 'int' else ''}number > 0")
+        if log and step != 1:
+            _fail(f"{key}.step", step, "step cannot be combined with log")
+
+
+def _possible_values(spec: dict) -> list[Any] | tuple[float, float] | None:
+    """What an entry can draw: its choices (over all cases), an int range, or None (float)."""
+    dists = [spec, *({**spec, **case} for case in spec.get("cases") or [])]
+    if spec["type"] == "categorical":
+        return [c for d in dists for c in d["choices"]]
+    if spec["type"] == "int":
+        return min(d["low"] for d in dists), max(d["high"] for d in dists)
+    return None
 
 
 def _check_when(key: str, when: Any, earlier: dict[str, dict]) -> None:
@@ -94,8 +153,25 @@ def _check_when(key: str, when: Any, earlier: dict[str, dict]) -> None:
         _fail(key, when, "give {param: <earlier entry>, values: [...]}")
     if when["param"] not in earlier:
         _fail(f"{key}.param", when["param"], f"name an entry listed before it: {list(earlier)}")
-    if not isinstance(when["values"], list) or not when["values"]:
-        _fail(f"{key}.values", when["values"], "give a non-empty list")
+    values = when["values"]
+    if not isinstance(values, list) or not values:
+        _fail(f"{key}.values", values, "give a non-empty list")
+    # A value the parent can never draw makes the condition never met: a silent no-op.
+    possible = _possible_values(earlier[when["param"]])
+    parent = when["param"]
+    if possible is None:
+        _fail(f"{key}.param", parent, "a float entry never equals a listed value; use int or "
+              "categorical for a parent")  # fmt: skip
+    for v in values:
+        if isinstance(possible, list):
+            ok = any(v == c and type(v) is type(c) for c in possible)
+        else:
+            ok = isinstance(v, int) and not isinstance(v, bool) and possible[0] <= v <= possible[1]
+        if not ok:
+            shown = (
+                possible if isinstance(possible, list) else f"integers {possible[0]}-{possible[1]}"
+            )
+            _fail(f"{key}.values", v, f"{parent} never draws it; it draws {shown}")
 
 
 def check_search_space(space: Any) -> None:
@@ -119,10 +195,13 @@ def check_search_space(space: Any) -> None:
                 extra[0],
                 f"allowed keys for {kind}: {sorted(ALLOWED_KEYS[kind] | {'condition', 'cases'})}",
             )
-        _check_distribution(key, kind, spec)
+        _check_distribution(key, name, kind, spec)
         if "condition" in spec:
             _check_when(f"{key}.condition", spec["condition"], earlier)
-        for i, case in enumerate(spec.get("cases") or []):
+        cases = spec.get("cases") or []
+        if not isinstance(cases, list):
+            _fail(f"{key}.cases", cases, "give a list of {when: {param, values}, ...}")
+        for i, case in enumerate(cases):
             case_key = f"{key}.cases[{i}]"
             if not isinstance(case, dict) or "when" not in case:
                 _fail(case_key, case, "give {when: {param, values}, <distribution keys>}")
@@ -130,7 +209,7 @@ def check_search_space(space: Any) -> None:
             bad = sorted(set(case) - ALLOWED_KEYS[kind] - {"when"})
             if bad:
                 _fail(f"{case_key}.{bad[0]}", bad[0], f"allowed: {sorted(ALLOWED_KEYS[kind])}")
-            _check_distribution(case_key, kind, {**spec, **case})
+            _check_distribution(case_key, name, kind, {**spec, **case})
         earlier[name] = spec
 
 
