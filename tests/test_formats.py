@@ -68,6 +68,65 @@ def test_messidor_drops_ungradable(tmp_path):
     assert table.index.tolist() == [2, 4]
 
 
+def messidor(root, flags, grades=None):
+    """A Messidor-2 folder whose rows carry `flags` as adjudicated_gradable, one image each."""
+    names = [f"IM{i:06d}.jpg" for i in range(len(flags))]
+    for name in names:
+        image(root / "IMAGES" / name, "JPEG")
+    grades = grades or [i % 5 for i in range(len(flags))]
+    body = "".join(f"{n},{g},0,{f}\n" for n, g, f in zip(names, grades, flags, strict=True))
+    csv = root / "messidor_data.csv"
+    csv.write_text("image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable\n" + body)
+    return csv, root / "IMAGES"
+
+
+GRADABLE = ["1", "1.0", "true", "TRUE", "True", "yes", "YES", "y", "Y", "t", "T"]
+UNGRADABLE = ["0", "0.0", "false", "FALSE", "False", "no", "NO", "n", "N", "f", "F"]
+
+
+@pytest.mark.parametrize(
+    ("spelling", "kept"), [(s, True) for s in GRADABLE] + [(s, False) for s in UNGRADABLE]
+)
+def test_messidor_gradable_flag_spellings(tmp_path, spelling, kept):
+    csv, images = messidor(tmp_path, ["1", spelling, "0"])
+    table = read_dataset("messidor", csv, images)
+    assert table.index.tolist() == ([2, 3] if kept else [2])
+
+
+@pytest.mark.parametrize("value", ["", "2", "maybe", "gradable", "-1", "0.5"])
+def test_messidor_bad_gradable_flag_is_a_bad_row(tmp_path, value, caplog):
+    csv, images = messidor(tmp_path, ["1", "1", value, "yes"])
+    with pytest.raises(DatasetError) as info:
+        read_dataset("messidor", csv, images)
+    assert str(info.value) == (
+        f"{csv}: row 4 (adjudicated_gradable={value!r}): must be 1/0, true/false, yes/no, y/n or "
+        "t/f (any case); 1 bad row(s) (skip_bad_rows: true skips them)"
+    )
+    with caplog.at_level(logging.WARNING, logger="retfound_hpo.data.formats"):
+        table = read_dataset("messidor", csv, images, skip_bad_rows=True)
+    assert table.index.tolist() == [2, 3, 5]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{csv}: row 4 (adjudicated_gradable={value!r}): must be 1/0, true/false, yes/no, y/n or "
+        "t/f (any case); skipped"
+    ]
+
+
+def test_every_row_dropped_says_why(tmp_path):
+    csv, images = messidor(tmp_path / "a", ["0"] * 12)
+    with pytest.raises(DatasetError) as info:
+        read_dataset("messidor", csv, images)
+    assert str(info.value) == (
+        f"{csv}: all 12 rows are ungradable (adjudicated_gradable false); "
+        "no image left to train or evaluate on"
+    )
+    csv, images = messidor(tmp_path / "b", ["0", "x", "no", "?"])
+    with pytest.raises(DatasetError, match=r"none of the 4 rows is usable: 2 ungradable, 2 bad;"):
+        read_dataset("messidor", csv, images, skip_bad_rows=True)
+    csv, images = messidor(tmp_path / "c", ["0", "1", "1"], grades=[0, 7, 9])
+    with pytest.raises(DatasetError, match=r"messidor_data.csv: all 2 gradable rows are bad and w"):
+        read_dataset("messidor", csv, images, skip_bad_rows=True)
+
+
 def test_messidor_extension_case_differs_from_disk(tmp_path):
     image(tmp_path / "IMAGES" / "IM002385.JPG", "JPEG")  # the labels say .jpg
     (tmp_path / "messidor_data.csv").write_text(
@@ -177,7 +236,7 @@ def test_skip_bad_rows_logs_each_and_keeps_the_rest(tmp_path, caplog):
 
 def test_skip_bad_rows_still_needs_some_rows(tmp_path):
     csv, images = make_aptos(tmp_path, [("a", 8), ("b", 9)])
-    with pytest.raises(DatasetError, match="no usable rows left"):
+    with pytest.raises(DatasetError, match="train.csv: all 2 rows are bad and were skipped; no im"):
         read_dataset("aptos", csv, images, skip_bad_rows=True)
 
 

@@ -5,8 +5,9 @@ Each reader returns one table with columns `id, path, grade, patient`: `path` is
 `row`, is the line of the labels file each image came from (the header is line 1), so that later
 steps such as image decoding can point back at it.
 
-Bad rows (empty or duplicate id, grade not an integer 0-4, unknown patient, missing image file)
-stop the read with a DatasetError naming the file, the first bad row and how many there are.
+Bad rows (empty or duplicate id, grade not an integer 0-4, unknown patient, missing image file,
+a yes/no flag such as Messidor-2's `adjudicated_gradable` that is neither) stop the read with a
+DatasetError naming the file, the first bad row and how many there are.
 With `skip_bad_rows` each bad row is logged as a warning and dropped instead.
 """
 
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 SKIP_HINT = "skip_bad_rows: true skips them"
 EYE_NAME = re.compile(r"^(?P<patient>.+)_(?:left|right)$")  # EyePACS: 10_left, 10_right
 TEMPLATE_FIELDS = ("id", "label", "patient")
+# Spellings of a yes/no column (any case), as spreadsheets and scripts write them.
+FLAGS = {**dict.fromkeys(("1", "1.0", "true", "yes", "y", "t"), True),
+         **dict.fromkeys(("0", "0.0", "false", "no", "n", "f"), False)}  # fmt: skip
+FLAG_RULE = "must be 1/0, true/false, yes/no, y/n or t/f"
+NONE_LEFT = "no image left to train or evaluate on"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,11 @@ def _reject(
     return table[~bad]
 
 
+def parse_flags(values: pd.Series) -> pd.Series:
+    """A yes/no column as True/False (see FLAGS); other values, empty included, become NaN."""
+    return values.str.lower().map(FLAGS)
+
+
 def _match_case(paths: pd.Series) -> pd.Series:
     """Point paths that miss only by letter case at the file on disk (IM002385.jpg vs .JPG)."""
     listings: dict[Path, dict[str, str]] = {}
@@ -121,6 +132,7 @@ def _finish(
     patients: pd.Series,
     skip: bool,
     no_patient: str = "no patient",
+    rows: str = "rows",
 ) -> pd.DataFrame:
     """Assemble `id, path, grade, patient` and check every row (see the module docstring)."""
     table = pd.DataFrame(
@@ -161,7 +173,7 @@ def _finish(
         **check,
     )
     if table.empty:
-        raise DatasetError(f"{csv}: no usable rows left after skipping bad ones")
+        raise DatasetError(f"{csv}: all {len(df)} {rows} are bad and were skipped; {NONE_LEFT}")
     return table
 
 
@@ -187,14 +199,29 @@ def read_eyepacs(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
 def read_messidor(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
     """Messidor-2: `image_id,adjudicated_dr_grade,...`; ungradable rows are dropped."""
     df = _read_csv(csv, ["image_id", "adjudicated_dr_grade", "adjudicated_gradable"])
-    gradable = df["adjudicated_gradable"] == "1"
+    flag, n = "adjudicated_gradable", len(df)
+    df = _reject(
+        df,
+        parse_flags(df[flag]).isna(),
+        lambda r: f" ({flag}={r[flag]!r}): {FLAG_RULE} (any case)",
+        "bad row(s)",
+        csv,
+        opts.skip_bad_rows,
+    )
+    gradable = parse_flags(df[flag]).astype(bool)
+    if not gradable.any():
+        why = f"all {n} rows are ungradable ({flag} false)"
+        if len(df) < n:
+            why = f"none of the {n} rows is usable: {len(df)} ungradable, {n - len(df)} bad"
+        raise DatasetError(f"{csv}: {why}; {NONE_LEFT}")
     if (~gradable).any():
         log.info("%s: dropping %d ungradable image(s)", csv, int((~gradable).sum()))
     df = df[gradable]
     ids = df["image_id"]
     paths = [str(images / i) for i in ids]  # ids carry their extension (.png or .jpg)
     # The public Messidor-2 CSV has no patient column; each image is its own group.
-    return _finish(csv, df, ids, paths, "adjudicated_dr_grade", ids, opts.skip_bad_rows)
+    grade = "adjudicated_dr_grade"
+    return _finish(csv, df, ids, paths, grade, ids, opts.skip_bad_rows, rows="gradable rows")
 
 
 def read_idrid(csv: Path, images: Path, opts: ReaderOptions) -> pd.DataFrame:
