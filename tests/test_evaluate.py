@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import tiny_params
 from retfound_hpo.config import ModelConfig
-from retfound_hpo.errors import ConfigError
+from retfound_hpo.errors import ConfigError, DatasetError
 from retfound_hpo.evaluate import evaluate_datasets
 from retfound_hpo.io import write_json_atomic
 from retfound_hpo.metrics import evaluation_metrics
@@ -87,3 +87,17 @@ def test_bootstrap_samples_param(tmp_path, mae_checkpoint):
         tiny_params(tmp_path, mae_checkpoint, evaluate={"bootstrap_samples": -5})
     with pytest.raises(ConfigError, match=r"evaluate.bootstrap_samples: expected int"):
         tiny_params(tmp_path, mae_checkpoint, evaluate={"bootstrap_samples": 1.5})
+
+
+def test_empty_or_missing_dataset_stops_before_writing_anything(tmp_path, model):
+    good = prepared_set(tmp_path / "p/test", 10, 0)
+    empty = prepared_set(tmp_path / "p/b", 0, 1)  # e.g. a labels file whose rows were all dropped
+    out = tmp_path / "eval"
+    with pytest.raises(DatasetError) as info:
+        evaluate_datasets(model, {"test": good, "b": empty}, out, bootstrap_samples=0)
+    assert str(info.value).startswith(f"{empty}: dataset 'b' has no images to evaluate")
+    assert not out.exists()  # not even the first dataset's files
+    missing = tmp_path / "p/c"
+    with pytest.raises(DatasetError, match=r"p/c: no prepared data \(folder not found\); run"):
+        evaluate_datasets(model, {"test": good, "c": missing}, out, bootstrap_samples=0)
+    assert not out.exists()

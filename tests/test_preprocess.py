@@ -1,19 +1,20 @@
-"""Crop, resize and cache; image modes, huge images, unreadable images, all-or-nothing caches."""
+"""Crop, resize and cache; image modes, huge and rotated images, unreadable images and images
+without a retina, all-or-nothing caches, missing or damaged prepared sets."""
 
 import logging
 import pickle
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 import retfound_hpo.data.preprocess as preprocess
 from conftest import fundus_like
-from retfound_hpo.config import load_params
-from retfound_hpo.data.prepare import prepare_split
 from retfound_hpo.data.preprocess import (
+    NoRetinaError,
+    PreparedImages,
     crop_to_disc,
     load_image,
     load_prepared,
@@ -110,6 +111,79 @@ def test_5000_px_image_is_shrunk_before_the_crop(tmp_path, fmt):
     assert out.shape == (64, 64, 3) and out[32, 32, 0] > 100
 
 
+def marked_fundus(height=96, width=128):
+    """A smooth disc on a black border, wider than tall, with a white marker at its upper left."""
+    yy, xx = np.mgrid[:height, :width]
+    img = np.zeros((height, width, 3), np.uint8)
+    img[(yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (height / 2 - 1) ** 2] = (150, 70, 30)
+    img[height // 4 : height // 4 + height // 6, width // 3 : width // 3 + height // 6] = 255
+    return Image.fromarray(img)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "stored"),
+    [
+        (6, Image.Transpose.ROTATE_90),
+        (8, Image.Transpose.ROTATE_270),
+        (3, Image.Transpose.ROTATE_180),
+    ],
+)
+def test_exif_orientation_is_applied_before_the_crop(tmp_path, orientation, stored):
+    # A phone stores the pixels as the sensor saw them and the turn in EXIF Orientation.
+    marked_fundus().save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    marked_fundus().transpose(stored).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    upright = preprocess_image(tmp_path / "upright.jpg", 32)
+    phone = preprocess_image(tmp_path / "phone.jpg", 32)
+    assert np.abs(phone.astype(int) - upright).mean() < 2
+    marker = np.argwhere(phone.min(axis=2) > 200).mean(axis=0)  # (row, col) of the white marker
+    assert marker[0] < 14 and marker[1] < 14  # upper left, where it is on the upright image
+    # The JPEG draft fast path still decodes a large photograph at a fraction of its size.
+    big = marked_fundus(1200, 1600).transpose(stored)
+    big.save(tmp_path / "big.jpg", quality=90, exif=exif)
+    loaded = load_image(tmp_path / "big.jpg", min_side=64)
+    assert loaded.width > loaded.height and max(loaded.size) <= 200  # upright, 1/8 scale or less
+
+
+def dark_files(folder):
+    """Images without a visible retina: all black, severely under-exposed, a lone bright spot."""
+    black = np.zeros((64, 80, 3), np.uint8)
+    spot = black.copy()
+    spot[30:34, 40:44] = 200  # only the optic disc shows
+    files = {
+        "black.png": black,
+        "dim.png": (fundus_like(np.random.default_rng(4)) * 0.05).astype(np.uint8),  # max 10
+        "spot.png": spot,
+    }
+    for name, img in files.items():
+        Image.fromarray(img).save(folder / name)
+    return [folder / name for name in files]
+
+
+def test_no_retina_is_an_ordinary_error(tmp_path):
+    for path in dark_files(tmp_path):
+        with pytest.raises(
+            NoRetinaError, match=r"^no retina found: only 0.\d % of the image is"
+        ) as info:
+            preprocess_image(path, 32)
+        assert isinstance(info.value, ValueError)  # predict reports it like an unreadable file
+    assert "expected at least 5 %" in str(info.value)
+
+
+@pytest.mark.parametrize(("radius", "found"), [(14, True), (11, False)])  # 6.2 % and 3.8 %
+def test_a_small_field_of_view_still_counts(tmp_path, radius, found):
+    yy, xx = np.mgrid[:100, :100]
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[(yy - 50) ** 2 + (xx - 50) ** 2 < radius**2] = (150, 70, 30)
+    Image.fromarray(img).save(tmp_path / "small.png")
+    if found:
+        assert preprocess_image(tmp_path / "small.png", 32)[16, 16, 0] > 100
+    else:
+        with pytest.raises(NoRetinaError):
+            preprocess_image(tmp_path / "small.png", 32)
+
+
 def corrupt_files(folder):
     """Unreadable images as they turn up in downloads: garbage, empty, truncated PNG and JPEG."""
     img = Image.fromarray(fundus_like(np.random.default_rng(2)))
@@ -141,7 +215,7 @@ def test_unreadable_images_stop_with_rows_and_count(tmp_path):
     with pytest.raises(DatasetError) as info:
         prepare_images(table, tmp_path / "prepared", size=32, workers=2, source="train.csv")
     message = str(info.value)
-    assert message.startswith("train.csv: 7 unreadable image(s) of 10: row 3 ")
+    assert message.startswith("train.csv: 7 unusable image(s) of 10: row 3 ")
     assert "garbage.png (UnidentifiedImageError" in message
     assert "cut.png (OSError: image file is truncated)" in message
     assert "cut.jpg (OSError" in message and "row 6 " in message
@@ -165,9 +239,28 @@ def test_skip_bad_rows_leaves_unreadable_images_out(tmp_path, caplog):
     assert not list(tmp_path.glob("*.tmp")) and not list(out.glob("*.part.npy"))
 
 
+def test_no_retina_stops_like_an_unreadable_image(tmp_path, caplog):
+    good = write_images(tmp_path, 3)
+    dark = dark_files(tmp_path)
+    table = table_of(
+        [good[0], dark[0], good[1], dark[1], good[2]], pd.Index(range(2, 7), name="row")
+    )
+    with pytest.raises(DatasetError) as info:
+        prepare_images(table, tmp_path / "prepared", size=32, workers=1, source="train.csv")
+    assert str(info.value).startswith(
+        f"train.csv: 2 unusable image(s) of 5: row 3 {dark[0]} (no retina found: only 0.0 % of the "
+        "image is brighter than the black border, expected at least 5 %); row 5 "
+    )
+    assert_no_cache(tmp_path / "prepared")
+    with caplog.at_level(logging.WARNING, logger="retfound_hpo.data.preprocess"):
+        out = prepare_images(table, tmp_path / "prepared", size=32, workers=2, skip_bad_rows=True)
+    assert load_prepared(out)[1]["path"].tolist() == [str(p) for p in good]
+    assert [r.getMessage().count("no retina found") for r in caplog.records] == [1, 1]
+
+
 def test_nothing_readable_is_an_error_even_when_skipping(tmp_path):
     table = table_of(corrupt_files(tmp_path))
-    with pytest.raises(DatasetError, match="none of the 4 images is readable"):
+    with pytest.raises(DatasetError, match="none of the 4 images is usable"):
         prepare_images(table, tmp_path / "prepared", size=32, workers=1, skip_bad_rows=True)
     assert_no_cache(tmp_path / "prepared")
 
@@ -189,87 +282,6 @@ def test_interrupted_preparation_leaves_nothing(tmp_path, monkeypatch):
     assert_no_cache(tmp_path / "prepared")
 
 
-# The prepare-split stage end to end, on an APTOS-layout folder with one kind of damage each.
-def aptos_folder(root, n=40):
-    (root / "train_images").mkdir(parents=True)
-    rows = [(f"{i:012x}", i % 5) for i in range(n)]
-    for i, (name, _) in enumerate(rows):
-        img = fundus_like(np.random.default_rng(i), size=24, border=4)
-        Image.fromarray(img).save(root / "train_images" / f"{name}.png")
-    return rows
-
-
-def stage_params(tmp_path, **data):
-    raw = {
-        "data": {
-            "csv": str(tmp_path / "aptos" / "train.csv"),
-            "images": str(tmp_path / "aptos" / "train_images"),
-            "prepared_dir": str(tmp_path / "prepared"),
-            "splits_dir": str(tmp_path / "splits"),
-            "demo": {"enabled": False, "out_dir": str(tmp_path / "demo")},
-            **data,
-        },
-        "model": {"input_size": 32},
-        "hpo": {"search_space": {"lora_r": {"type": "categorical", "choices": [4]}}},
-    }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    return load_params(tmp_path / "params.yaml")
-
-
-def damage(kind, root, rows):
-    images = root / "train_images"
-    if kind == "grade":
-        rows[5] = (rows[5][0], "5")
-    elif kind == "duplicate":
-        rows[7] = (rows[3][0], rows[7][1])
-    elif kind == "missing":
-        (images / f"{rows[4][0]}.png").unlink()
-    elif kind == "unreadable":
-        (images / f"{rows[9][0]}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    elif kind == "rare":
-        rows[:] = [(i, 3 if g == 4 else g) for i, g in rows]
-        rows[0] = (rows[0][0], 4)
-    header = "id_code,grade" if kind == "column" else "id_code,diagnosis"
-    body = "" if kind == "empty" else "".join(f"{i},{g}\n" for i, g in rows)
-    (root / "train.csv").write_text(header + "\n" + body)
-
-
-@pytest.mark.parametrize(
-    ("kind", "message"),
-    [
-        ("grade", r"train.csv: row 7 \(diagnosis='5'\): grade must be an integer 0-4; 1 bad"),
-        ("duplicate", r"train.csv: row 9: duplicate id '000000000003'; 1 duplicate"),
-        ("missing", r"train.csv: row 6: image .*000000000004.png not found; 1 missing"),
-        ("column", r"train.csv: missing column\(s\) \['diagnosis'\]"),
-        ("empty", r"train.csv: no rows"),
-        ("rare", r"train.csv: grade 4 has 1 patient"),
-        ("unreadable", r"train.csv: 1 unreadable image\(s\) of \d+: row 11 .*000000000009.png"),
-    ],
-)
-def test_bad_input_stops_the_stage_before_any_cache(tmp_path, kind, message):
-    rows = aptos_folder(tmp_path / "aptos")
-    damage(kind, tmp_path / "aptos", rows)
-    with pytest.raises(DatasetError, match=message):
-        prepare_split(stage_params(tmp_path))
-    assert_no_cache(tmp_path / "prepared" / "train")
-    assert not list((tmp_path / "splits").glob("*.csv"))
-
-
-def test_stage_skips_bad_rows_when_asked(tmp_path, caplog):
-    rows = aptos_folder(tmp_path / "aptos", n=45)
-    rows[5] = (rows[5][0], "x")
-    (tmp_path / "aptos" / "train_images" / f"{rows[9][0]}.png").write_bytes(b"garbage")
-    damage("none", tmp_path / "aptos", rows)
-    with caplog.at_level(logging.WARNING):
-        summary = prepare_split(stage_params(tmp_path, skip_bad_rows=True))
-    assert sum(summary[s]["images"] for s in ("train", "val", "test")) == 43
-    assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 2
-    for name in ("train", "val", "test"):
-        split = pd.read_csv(tmp_path / "splits" / f"{name}.csv", dtype={"id": str})
-        _, index = load_prepared(tmp_path / "prepared" / name)
-        assert split["id"].tolist() == index["id"].tolist()
-
-
 def test_prepared_images_read_like_the_array(tmp_path):
     from retfound_hpo.data.preprocess import PreparedImages
 
@@ -284,3 +296,43 @@ def test_prepared_images_read_like_the_array(tmp_path):
         images[7]
     clone = pickle.loads(pickle.dumps(images))  # as a DataLoader worker gets it
     assert np.array_equal(clone[6], array[6])
+
+
+def damaged_sets(root):
+    """Prepared folders as a worker on another machine may find them: (folder, message)."""
+    good = root / "good"
+    prepare_images(table_of(write_images(root, 3)), good, size=8, workers=1)
+    cases = {name: root / name for name in ("no_index", "no_npy", "count", "garbage", "floats")}
+    cases |= {"truncated": root / "truncated", "empty_index": root / "empty_index"}
+    for folder in cases.values():
+        shutil.copytree(good, folder)
+    (cases["no_index"] / "index.csv").unlink()
+    (cases["no_npy"] / "images.npy").unlink()
+    np.save(cases["count"] / "images.npy", np.zeros((2, 8, 8, 3), np.uint8))
+    (cases["garbage"] / "images.npy").write_bytes(b"<html>404</html>")
+    np.save(cases["floats"] / "images.npy", np.zeros((3, 8, 8, 3), np.float32))
+    npy = (cases["truncated"] / "images.npy").read_bytes()
+    (cases["truncated"] / "images.npy").write_bytes(npy[: len(npy) - 100])  # an interrupted copy
+    (cases["empty_index"] / "index.csv").write_text("")
+    return [
+        (root / "missing", r"missing: no prepared data \(folder not found\)"),
+        (cases["no_index"], r"no_index: no prepared data \(index.csv not found\)"),
+        (cases["no_npy"], r"no_npy: no prepared data \(images.npy not found\)"),
+        (cases["count"], r"count: images.npy has 2 images, index.csv 3"),
+        (cases["garbage"], r"garbage: images.npy is not a .npy file \(the magic string"),
+        (cases["floats"], r"floats: images.npy holds \(3, 8, 8, 3\) float32, not \(N, S, S, 3\)"),
+        (cases["truncated"], r"truncated: images.npy is truncated \(fewer than 3 images\)"),
+        (cases["empty_index"], r"empty_index: index.csv is not readable"),
+    ]
+
+
+def test_missing_or_damaged_prepared_data_says_what_to_do(tmp_path):
+    for folder, message in damaged_sets(tmp_path):
+        with pytest.raises(DatasetError, match=message) as info:
+            load_prepared(folder)
+        hint = (
+            f"; run `dvc repro prepare-split` here, or copy {tmp_path}/ from the machine that ran"
+        )
+        assert str(info.value).endswith(hint + " it"), folder.name
+    with pytest.raises(DatasetError, match="not a .npy file"):
+        PreparedImages(tmp_path / "garbage" / "images.npy")

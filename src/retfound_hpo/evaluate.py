@@ -17,6 +17,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E4
 from torch import nn  # noqa: E402
 
 from retfound_hpo.data.preprocess import load_prepared  # noqa: E402
+from retfound_hpo.errors import DatasetError  # noqa: E402
 from retfound_hpo.io import write_bytes_atomic, write_text_atomic  # noqa: E402
 from retfound_hpo.metrics import bootstrap_intervals, evaluation_metrics  # noqa: E402
 from retfound_hpo.train import predict_proba, resolve_device  # noqa: E402
@@ -62,12 +63,21 @@ def evaluate_datasets(
 ) -> dict[str, dict[str, float]]:
     """Metrics per prepared dataset, each with a seeded 95% bootstrap interval (none if
     bootstrap_samples is 0). Writes <out_dir>/datasets/<name>/{predictions.csv,
-    confusion_matrix.png} and <out_dir>/confusion/<name>.csv (columns actual, predicted)."""
+    confusion_matrix.png} and <out_dir>/confusion/<name>.csv (columns actual, predicted).
+
+    Every dataset is opened and checked first (cheap: headers and indexes), so that a missing or
+    empty one stops the run before any file of the others is written."""
     out_dir = Path(out_dir)
+    prepared = {name: load_prepared(folder) for name, folder in datasets.items()}
+    for name, (_, index) in prepared.items():
+        if index.empty:
+            raise DatasetError(
+                f"{datasets[name]}: dataset {name!r} has no images to evaluate (empty index.csv); "
+                "check its labels file and rerun prepare-split"
+            )
     model.to(resolve_device(device))
     results = {}
-    for name, folder in datasets.items():
-        images, index = load_prepared(folder)
+    for name, (images, index) in prepared.items():
         probs = predict_proba(model, images, batch_size, amp=amp, desc=f"evaluate {name}")
         y_true = index["grade"].to_numpy()
         results[name] = metrics = dataset_metrics(y_true, probs, bootstrap_samples, seed)

@@ -13,6 +13,7 @@ from retfound_hpo.data.formats import OPTIONS, read_dataset
 from retfound_hpo.data.preprocess import load_prepared, prepare_images
 from retfound_hpo.data.splits import split_dataset, summarize_splits
 from retfound_hpo.data.synthetic import write_demo_datasets
+from retfound_hpo.errors import ConfigError
 from retfound_hpo.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,18 @@ log = logging.getLogger(__name__)
 def reader_options(cfg: DataConfig | EvalDataset) -> dict:
     """The reader options (skip_bad_rows, the generic-csv column mapping) a config section sets."""
     return {name: getattr(cfg, name) for name in OPTIONS}
+
+
+def check_grades(tables: list[tuple[str, pd.DataFrame]], num_classes: int) -> None:
+    """Stop when a labels file holds a grade the model has no class for, naming the first row."""
+    highest = max(int(table["grade"].max()) for _, table in tables)
+    for csv, table in tables:
+        above = table[table["grade"] >= num_classes]
+        if not above.empty:
+            raise ConfigError(
+                f"model.num_classes: {num_classes} is not allowed; {csv} row {above.index[0]} "
+                f"has grade {above['grade'].iloc[0]} (set model.num_classes: {highest + 1})"
+            )
 
 
 def _prepare(
@@ -53,6 +66,8 @@ def prepare_split(params: Params) -> dict:
         ds.name: read_dataset(ds.format, ds.csv, ds.images, **reader_options(ds))
         for ds in params.evaluate.datasets
     }
+    labels = [(data.csv, table)] + [(ds.csv, external[ds.name]) for ds in params.evaluate.datasets]
+    check_grades(labels, params.model.num_classes)
     splits = split_dataset(table, data.val_fraction, data.test_fraction, params.seed, data.csv)
 
     # Images are decoded only here, so a split CSV is written after its cache (skipped images

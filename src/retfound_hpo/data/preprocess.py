@@ -1,10 +1,11 @@
 """Crop fundus photographs to the retina disc, square them, resize once, and cache the result.
 
-A prepared set is a folder with `images.npy` (N, S, S, 3) uint8 and `index.csv` (id, grade, patient,
-path). Trials read `images.npy` an image at a time (PreparedImages), so no source image is decoded
-twice, a trial's memory does not grow with the data set, and the source resolution no longer
-matters once prepared. A folder is
-built as `<name>.tmp` and renamed when complete; a failed or interrupted run removes it.
+Photographs are turned upright (EXIF orientation) first; an image without a retina is as bad as
+an unreadable one. A prepared set is a folder with `images.npy` (N, S, S, 3) uint8 and `index.csv`
+(id, grade, patient, path). Trials read `images.npy` an image at a time (PreparedImages), so no
+source image is decoded twice, a trial's memory does not grow with the data set, and the source
+resolution no longer matters once prepared. A folder is built as `<name>.tmp` and renamed when
+complete; a failed or interrupted run removes it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from retfound_hpo.data.formats import SKIP_HINT
@@ -28,25 +29,44 @@ log = logging.getLogger(__name__)
 
 BORDER_THRESHOLD = 12  # channel-max level below which a pixel counts as black border (0-255)
 MASK_SIDE = 512  # the disc is located on a thumbnail this size, then cropped at full resolution
-SHOW_FAILURES = 5  # unreadable images named in the error message
+# Fraction of the frame above BORDER_THRESHOLD below which no retina is found. Real fundus
+# photographs fill 30-90 % of the frame (clipped ones more), the demo's at least 45 %; an all
+# black or badly under-exposed frame fills almost none and would train on noise.
+MIN_RETINA_FRACTION = 0.05
+SHOW_FAILURES = 5  # unusable images named in the error message
+
+
+class NoRetinaError(ValueError):
+    """An image in which no retina can be found: almost all of it is as dark as the border."""
+
+
+def _unprepared(folder: Path, problem: str) -> DatasetError:
+    """The error for a missing or damaged prepared set, with the two ways to get one."""
+    return DatasetError(
+        f"{folder}: {problem}; run `dvc repro prepare-split` here, or copy {folder.parent}/ "
+        "from the machine that ran it"
+    )
 
 
 def crop_to_disc(img: Image.Image) -> Image.Image:
-    """Crop to the bounding box of the non-black field of view and pad to a square."""
+    """Crop to the bounding box of the non-black field of view and pad to a square; raise
+    NoRetinaError when too little of the image is brighter than the border."""
     thumb = img.copy()
     thumb.thumbnail((MASK_SIDE, MASK_SIDE))
     mask = np.asarray(thumb).max(axis=2) > BORDER_THRESHOLD  # (h, w)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:  # all black: nothing to crop to
-        box = (0, 0, img.width, img.height)
-    else:
-        sx, sy = img.width / thumb.width, img.height / thumb.height
-        box = (
-            int(cols[0] * sx),
-            int(rows[0] * sy),
-            min(img.width, int(np.ceil((cols[-1] + 1) * sx))),
-            min(img.height, int(np.ceil((rows[-1] + 1) * sy))),
+    if mask.mean() < MIN_RETINA_FRACTION:
+        raise NoRetinaError(
+            f"no retina found: only {100 * mask.mean():.1f} % of the image is brighter than the "
+            f"black border, expected at least {100 * MIN_RETINA_FRACTION:.0f} %"
         )
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    sx, sy = img.width / thumb.width, img.height / thumb.height
+    box = (
+        int(cols[0] * sx),
+        int(rows[0] * sy),
+        min(img.width, int(np.ceil((cols[-1] + 1) * sx))),
+        min(img.height, int(np.ceil((rows[-1] + 1) * sy))),
+    )
     img = img.crop(box)
     # Pad the shorter side with black so a clipped disc keeps its aspect ratio.
     side = max(img.size)
@@ -60,12 +80,14 @@ def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
 
     With `min_side`, a large image is shrunk while its shorter side stays >= `min_side`: JPEGs
     decode at 1/2, 1/4 or 1/8 scale (`draft`), others are box-reduced right after decoding, so
-    a 5000 px photograph never reaches the crop at full size. Truncated or corrupt files raise.
+    a 5000 px photograph never reaches the crop at full size. An EXIF orientation (phones, some
+    cameras) is applied, so the image is upright. Truncated or corrupt files raise.
     """
     with Image.open(path) as img:
         if min_side:
             img.draft("RGB", (min_side, min_side))  # JPEG only; a no-op for other formats
         img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # a square draft request fits either way
         if img.mode in ("P", "PA"):  # palette (maybe with transparency): expand first
             img = img.convert("RGBA")
         elif img.mode == "1" or img.mode.startswith("I;16"):  # modes `reduce` cannot handle
@@ -98,6 +120,8 @@ def _preprocess_or_reason(path: str, size: int) -> np.ndarray | str:
     """preprocess_image, or why it failed: one bad file must not stop the other workers."""
     try:
         return preprocess_image(path, size)
+    except NoRetinaError as e:  # the message says it all
+        return str(e)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError
         return f"{type(e).__name__}: {e}"
 
@@ -127,7 +151,7 @@ def _decode_all(
 
 
 def _report(table: pd.DataFrame, failures: list[tuple[int, str]], source: str, skip: bool) -> None:
-    """Stop naming the first unreadable images and their count, or (skip) warn about each."""
+    """Stop naming the first unusable images and their count, or (skip) warn about each."""
     if not failures:
         return
     # read_dataset indexes tables by their labels file line ("row"); other tables have no rows.
@@ -138,12 +162,12 @@ def _report(table: pd.DataFrame, failures: list[tuple[int, str]], source: str, s
     ]
     if skip:
         for line in lines:
-            log.warning("%s: unreadable image, skipped: %s", source, line)
+            log.warning("%s: unusable image, skipped: %s", source, line)
         return
     shown = "; ".join(lines[:SHOW_FAILURES])
     more = f"; ... and {len(lines) - SHOW_FAILURES} more" if len(lines) > SHOW_FAILURES else ""
     raise DatasetError(
-        f"{source}: {len(lines)} unreadable image(s) of {len(table)}: {shown}{more} ({SKIP_HINT})"
+        f"{source}: {len(lines)} unusable image(s) of {len(table)}: {shown}{more} ({SKIP_HINT})"
     )
 
 
@@ -172,8 +196,8 @@ def prepare_images(
 ) -> Path:
     """Preprocess every image in `table` into a cache folder, written whole or not at all.
 
-    An unreadable image stops the run with a DatasetError naming `source` (the labels file),
-    the first few images and the count; with `skip_bad_rows` they are left out with a warning.
+    An unusable image (unreadable, no retina) stops the run with a DatasetError naming `source`
+    (the labels file), the first few images and the count; `skip_bad_rows` leaves them out.
     """
     out_dir = Path(out_dir)
     source = str(source or out_dir)
@@ -197,7 +221,7 @@ def prepare_images(
         readable[[i for i, _ in failures]] = False
         kept = table[readable]
         if kept.empty:
-            raise DatasetError(f"{source}: none of the {len(table)} images is readable")
+            raise DatasetError(f"{source}: none of the {len(table)} images is usable")
         if failures:
             _shrink(tmp / "images.npy", len(kept))
         kept[["id", "grade", "patient", "path"]].to_csv(tmp / "index.csv", index=False)
@@ -218,18 +242,28 @@ class PreparedImages:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path, name = Path(path), Path(path).name
         with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            try:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            except ValueError as e:
+                raise _unprepared(self.path.parent, f"{name} is not a .npy file ({e})") from None
             self._offset = f.tell()
         if fortran or dtype != np.uint8 or len(shape) != 4:
-            raise ValueError(f"{self.path}: expected (N, S, S, 3) uint8 in C order, got {shape}")
+            got = f"{shape} {dtype}{' in Fortran order' if fortran else ''}"
+            raise _unprepared(
+                self.path.parent, f"{name} holds {got}, not (N, S, S, 3) uint8 in C order"
+            )
         self.shape, self.dtype = shape, dtype
         self._item = int(np.prod(shape[1:]))
+        if os.path.getsize(self.path) < self._offset + len(self) * self._item:
+            raise _unprepared(
+                self.path.parent, f"{name} is truncated (fewer than {len(self)} images)"
+            )
         self._fd = os.open(self.path, os.O_RDONLY)
 
     def __len__(self) -> int:
@@ -273,10 +307,19 @@ class PreparedImages:
 
 
 def load_prepared(folder: str | Path) -> tuple[PreparedImages, pd.DataFrame]:
-    """A prepared set: images (N, S, S, 3) uint8, read on demand, and its index table."""
+    """A prepared set: images (N, S, S, 3) uint8, read on demand, and its index table; a
+    missing or damaged one (e.g. a worker on a machine without it) is a DatasetError."""
     folder = Path(folder)
-    index = pd.read_csv(folder / "index.csv", dtype={"id": str, "patient": str})
+    for name in ("index.csv", "images.npy"):
+        if not (folder / name).is_file():
+            raise _unprepared(
+                folder, f"no prepared data ({name if folder.is_dir() else 'folder'} not found)"
+            )
+    try:
+        index = pd.read_csv(folder / "index.csv", dtype={"id": str, "patient": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise _unprepared(folder, f"index.csv is not readable ({e})") from None
     images = PreparedImages(folder / "images.npy")
     if len(images) != len(index):
-        raise ValueError(f"{folder}: images.npy has {len(images)} images, index.csv {len(index)}")
+        raise _unprepared(folder, f"images.npy has {len(images)} images, index.csv {len(index)}")
     return images, index
