@@ -5,7 +5,8 @@ import optuna
 from retfound_hpo.cli import run_stage
 from retfound_hpo.config import load_params
 from retfound_hpo.report import write_report
-from retfound_hpo.search import objective_column, snapshot_url
+from retfound_hpo.search import objective_column
+from retfound_hpo.study import snapshot_url
 
 
 def main() -> None:

@@ -17,9 +17,13 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import easy_images, tiny_params, write_prepared
-from retfound_hpo.search import FINISHED, open_study, storage_url
+from retfound_hpo.budget import counted_trials
+from retfound_hpo.fingerprint import study_fingerprint
+from retfound_hpo.search import FINISHED
+from retfound_hpo.study import open_study, storage_url
 from retfound_hpo.study_files import write_search_outputs
-from retfound_hpo.workers import counted_trials, run_search
+from retfound_hpo.train import load_cached
+from retfound_hpo.workers import run_search
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -31,6 +35,17 @@ def worker_params(tmp_path, checkpoint, n_train=60, **hpo):
     write_prepared(prepared / "val", easy_images(30, seed=1))
     hpo = {"heartbeat_seconds": 1, "pruner": "none", **hpo}
     return tiny_params(tmp_path, checkpoint, data={"prepared_dir": str(prepared)}, hpo=hpo)
+
+
+def prepared(params):
+    """The train and val sets that worker_params wrote, as the stage loads them."""
+    folder = Path(params.data.prepared_dir)
+    return load_cached(folder / "train"), load_cached(folder / "val")
+
+
+def create_study(params) -> optuna.Study:
+    """The study with its database, before anything else connects to it."""
+    return open_study(params, study_fingerprint(params, *prepared(params)))
 
 
 def load(params) -> optuna.Study:
@@ -52,7 +67,7 @@ def pids(study: optuna.Study) -> set[str]:
 def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers):
     # Trials of a few seconds: long against the gap between the workers' start-ups.
     params = worker_params(tmp_path, mae_checkpoint, n_train=400, n_trials=5, n_workers=n_workers)
-    study, interrupted = run_search(params, None, None)  # the workers load the data themselves
+    study, interrupted = run_search(params, *prepared(params))
     assert not interrupted
     assert_exact_totals(study, 5)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
@@ -61,9 +76,9 @@ def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers)
 
 def test_raising_n_trials_resumes_with_several_workers(tmp_path, mae_checkpoint):
     params = worker_params(tmp_path, mae_checkpoint, n_trials=2, n_workers=2)
-    first = [(t.number, t.params) for t in run_search(params, None, None)[0].trials]
+    first = [(t.number, t.params) for t in run_search(params, *prepared(params))[0].trials]
     params = worker_params(tmp_path, mae_checkpoint, n_trials=3, n_workers=2)
-    study, _ = run_search(params, None, None)
+    study, _ = run_search(params, *prepared(params))
     assert_exact_totals(study, 3)
     assert [(t.number, t.params) for t in study.trials[:2]] == first
 
@@ -93,9 +108,9 @@ def test_sigkill_of_one_worker_leaves_the_others_and_the_totals_right(
         early_stopping_patience=4,
         retry_failed_trials=retries,
     )
-    open_study(params)  # the database exists before anything else connects to it
-    result = {}
-    search = threading.Thread(target=lambda: result.update(out=run_search(params, None, None)))
+    create_study(params)
+    result, data = {}, prepared(params)
+    search = threading.Thread(target=lambda: result.update(out=run_search(params, *data)))
     search.start()
     victim = wait_for_running_trial(params)
     host, _, pid = victim.user_attrs["worker"].rpartition(":")
@@ -229,9 +244,9 @@ def test_postgres_workers_and_a_joining_worker_run_exactly_n_trials(
     )
     # "Another machine": a worker started by hand with the same params joins once the study
     # exists; the study's two local workers and it share the six trials.
-    open_study(params)  # the database exists before anything else connects to it
-    result = {}
-    search = threading.Thread(target=lambda: result.update(out=run_search(params, None, None)))
+    create_study(params)
+    result, data = {}, prepared(params)
+    search = threading.Thread(target=lambda: result.update(out=run_search(params, *data)))
     search.start()
     wait_for_running_trial(params)
     joiner = subprocess.run(
@@ -280,7 +295,7 @@ def test_silent_worker_on_another_host_is_failed_by_heartbeat_and_retried(tmp_pa
     from retfound_hpo.study_files import trials_table
 
     params = worker_params(tmp_path, mae_checkpoint, n_trials=2, retry_failed_trials=1)
-    study = open_study(params)
+    study = create_study(params)
     lost = study.ask()  # running on a machine that then vanished: one heartbeat, then silence
     lost.suggest_categorical("lora_r", [4, 8])
     lost.set_user_attr("worker", "other-host:4242")

@@ -7,23 +7,32 @@ import logging
 import os
 import resource
 import socket
-import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
 from retfound_hpo import tracking
 from retfound_hpo.config import Params
-from retfound_hpo.errors import ConfigError
+from retfound_hpo.errors import UserError
 from retfound_hpo.model import build_model, count_trainable
 from retfound_hpo.space import suggest_hparams
 from retfound_hpo.train import CachedImages, NonFiniteLossError, fit
 
 log = logging.getLogger(__name__)
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; a user error is one line, not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_UserErrorsWithoutTraceback())
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # Values for hyperparameters that the search space leaves out (train.* supplies the rest).
@@ -34,41 +43,6 @@ DEFAULT_HPARAMS = {
     "batch_size": 16,
     "dropout": 0.0,
 }
-
-
-def storage_url(params: Params) -> str:
-    """Where the study lives: hpo.storage, or study.db next to the other search outputs."""
-    return params.hpo.storage or snapshot_url(params)
-
-
-def snapshot_url(params: Params) -> str:
-    """study.db in the study folder: the storage itself, or a copy of a shared database's study."""
-    return f"sqlite:///{params.hpo.study_dir / 'study.db'}"
-
-
-def make_storage(params: Params) -> optuna.storages.RDBStorage:
-    """The study's database, with heartbeats so that a dead worker's trial is failed (and,
-    with hpo.retry_failed_trials, queued again with the same parameters)."""
-    hpo = params.hpo
-    url = storage_url(params)
-    engine_kwargs = {}
-    if url.startswith("sqlite"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        # Workers on one host take turns writing; wait for the lock instead of failing at 5 s.
-        engine_kwargs = {"connect_args": {"timeout": 120}}
-    retry = (
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=hpo.retry_failed_trials)
-        if hpo.retry_failed_trials
-        else None
-    )
-    with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=hpo.heartbeat_seconds,
-            heartbeat_stale_trial_callback=retry,
-        )
 
 
 def objective_column(metric: str) -> str:
@@ -187,6 +161,10 @@ def make_objective(params: Params, train: CachedImages, val: CachedImages):
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
+        except UserError as err:  # bad input (e.g. the checkpoint went away): every trial fails
+            trial.set_user_attr("fail_reason", str(err))
+            trial.set_user_attr("setup_error", True)  # the worker stops; the trial is not counted
+            raise
         except Exception as err:
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             if is_out_of_memory(err):
@@ -246,63 +224,3 @@ def make_pruner(params: Params) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(
         n_startup_trials=hpo.pruner_startup_trials, n_warmup_steps=hpo.pruner_warmup_epochs
     )
-
-
-def study_signature(params: Params) -> dict[str, Any]:
-    hpo = params.hpo
-    return {
-        "search_space": hpo.search_space,
-        "metric": hpo.metric,
-        "multi_objective": hpo.multi_objective,
-    }
-
-
-def open_study(params: Params, worker_index: int = 0, create: bool = True) -> optuna.Study:
-    """Create (once, before any worker starts) or reopen the study; refuse one that was built
-    for another search space or objective."""
-    hpo = params.hpo
-    hpo.study_dir.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(params)
-    exists = hpo.study_name in optuna.get_all_study_names(storage)
-    if not exists and not create:
-        raise ConfigError(
-            f"hpo.study_name: no study {hpo.study_name!r} in {safe_url(storage_url(params))}; "
-            "start the search on the main machine first (dvc repro hpo-search)"
-        )
-    signature = study_signature(params)
-    previous = 0
-    if exists:
-        stored = optuna.load_study(study_name=hpo.study_name, storage=storage)
-        previous = len(stored.trials)
-        older = {"multi_objective": False}  # studies made before the key existed
-        found = {k: stored.user_attrs.get(k, older.get(k)) for k in signature}
-        if found != signature:
-            raise ConfigError(
-                f"hpo.study_name: study {hpo.study_name!r} in {safe_url(storage_url(params))} "
-                "was run with another search space or objective; pick a new hpo.study_name "
-                "to start afresh"
-            )
-    parallel = hpo.n_workers > 1 or hpo.storage is not None
-    study = optuna.create_study(
-        study_name=hpo.study_name,
-        storage=storage,
-        sampler=make_sampler(params, previous, worker_index, parallel),
-        pruner=make_pruner(params),
-        directions=["maximize", "minimize"] if hpo.multi_objective else ["maximize"],
-        load_if_exists=True,
-    )
-    if not exists:
-        for key, value in signature.items():
-            study.set_user_attr(key, value)
-    if hpo.multi_objective and worker_index == 0:
-        log.info(
-            "multi-objective search (%s up, trainable parameters down): pruning is off, "
-            "Optuna's pruners rank a single objective",
-            hpo.metric,
-        )
-    return study
-
-
-def safe_url(url: str) -> str:
-    """A storage URL fit for logs and config.json: no password."""
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)

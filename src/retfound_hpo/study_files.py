@@ -11,9 +11,11 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from retfound_hpo.budget import uncounted_numbers
 from retfound_hpo.config import Params
 from retfound_hpo.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from retfound_hpo.search import objective_column, safe_url, snapshot_url, storage_url
+from retfound_hpo.search import objective_column
+from retfound_hpo.study import safe_url, snapshot_url, storage_url
 
 GUIDE_HPARAMS = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout")
 
@@ -29,12 +31,15 @@ def trials_table(study: optuna.Study, space: dict[str, Any], metric: str) -> pd.
     names = [k for k in GUIDE_HPARAMS if k in space] + [k for k in space if k not in GUIDE_HPARAMS]
     multi = len(study.directions) > 1
     rows = []
+    uncounted = uncounted_numbers(study, study.trials)
     for t in study.trials:
         values = t.values or [None] * len(study.directions)
         drawn = drawn_hparams(t, space)
-        attrs = {k: v for k, v in t.user_attrs.items() if k != "hparams"}
+        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("hparams", "setup_error")}
         if t.state == TrialState.FAIL and not attrs.get("fail_reason"):
             attrs["fail_reason"] = "worker stopped sending heartbeats (killed or crashed)"
+        if t.number in uncounted:
+            attrs["fail_reason"] = f"{attrs['fail_reason']} (not counted toward hpo.n_trials)"
         rows.append(
             {
                 "trial_number": t.number,

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from retfound_hpo.config import TrainConfig
 from retfound_hpo.data.preprocess import load_prepared
+from retfound_hpo.errors import ConfigError
 from retfound_hpo.metrics import classification_metrics
 from retfound_hpo.optim import build_optimizer, warmup_cosine
 
@@ -71,9 +72,20 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """train.device as a torch device; one that this machine lacks is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"train.device: {name!r} is not allowed; this machine sees {count} CUDA "
+                "device(s) (use auto or cpu)"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: {name!r} is not allowed; MPS is not available here")
+    return device
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

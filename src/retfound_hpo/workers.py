@@ -21,7 +21,6 @@ import time
 import warnings
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -29,8 +28,12 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
+from retfound_hpo.budget import SearchStopped, StopOnSetupFailure, budget, to_run
 from retfound_hpo.config import Params, dump_params, load_params
-from retfound_hpo.search import FINISHED, make_objective, open_study, storage_url
+from retfound_hpo.fingerprint import study_fingerprint
+from retfound_hpo.preflight import run_preflight
+from retfound_hpo.search import make_objective
+from retfound_hpo.study import open_study, storage_url
 from retfound_hpo.train import CachedImages
 
 log = logging.getLogger(__name__)
@@ -81,36 +84,6 @@ class SlotLock:
             self._file.close()
         else:
             self._conn.close()
-
-
-@dataclass
-class Budget:
-    counted: int  # trials that use up hpo.n_trials (a retried trial counts once)
-    finished: int
-    running: int
-    waiting: int  # queued by a retry (or by hand): run before any new trial
-
-
-def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of failed trials that a retry replaced: each retry lists its forerunners."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-
-
-def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's trials less those a retry replaced: what hpo.n_trials counts."""
-    trials = study.get_trials(deepcopy=False)
-    replaced = superseded_numbers(trials)
-    return [t for t in trials if t.number not in replaced]
-
-
-def budget(study: optuna.Study) -> Budget:
-    trials = counted_trials(study)
-    return Budget(
-        counted=len(trials),
-        finished=sum(t.state in FINISHED for t in trials),
-        running=sum(t.state == TrialState.RUNNING for t in trials),
-        waiting=sum(t.state == TrialState.WAITING for t in trials),
-    )
 
 
 def process_alive(pid: int) -> bool:
@@ -165,13 +138,19 @@ def _fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
 
 
 def run_worker(
-    params: Params, train: CachedImages, val: CachedImages, worker_index: int = 0
+    params: Params,
+    train: CachedImages,
+    val: CachedImages,
+    fingerprint: dict,
+    worker_index: int = 0,
 ) -> bool:
     """Run trials until the study holds hpo.n_trials of them and none is still running, or
-    hpo.timeout_hours passes. Returns True when stopped by Ctrl-C (the trial is recorded FAIL)."""
+    hpo.timeout_hours passes. Returns True when stopped by Ctrl-C (the trial is recorded FAIL).
+    Raises SearchStopped when trials fail the way every trial would."""
     hpo = params.hpo
-    study = open_study(params, worker_index)
+    study = open_study(params, fingerprint, worker_index, create=False)
     objective = make_objective(params, train, val)
+    stop_on_setup_failure = StopOnSetupFailure()
     deadline = time.monotonic() + hpo.timeout_hours * 3600 if hpo.timeout_hours else None
     slots = SlotLock(params)
     poll = min(hpo.heartbeat_seconds, 5)
@@ -188,7 +167,11 @@ def run_worker(
                 left = budget(study)
                 if left.waiting or left.counted < hpo.n_trials:
                     study.optimize(
-                        run_then_release, n_trials=1, catch=(Exception,), gc_after_trial=True
+                        run_then_release,
+                        n_trials=1,
+                        catch=(Exception,),
+                        gc_after_trial=True,
+                        callbacks=[stop_on_setup_failure],
                     )
                     continue
             finally:
@@ -263,6 +246,7 @@ def run_local_workers(params: Params) -> bool:
                     str(path),
                     "--index",
                     str(i),
+                    "--spawned",
                 ],
                 env=worker_env(i, n, gpus, usable_cpus()),
             )
@@ -281,6 +265,9 @@ def run_local_workers(params: Params) -> bool:
     for i, code in enumerate(codes):
         if code != 0:
             log.warning("worker %d (pid %d) exited with code %d", i, procs[i].pid, code)
+    stopped = [i for i, code in enumerate(codes) if code == 2]  # a one-line error, shown above
+    if stopped:
+        raise SearchStopped(f"worker(s) {stopped} stopped on the error above; fix it and rerun")
     return False
 
 
@@ -288,23 +275,28 @@ def run_search(params: Params, train: CachedImages, val: CachedImages) -> tuple[
     """Run trials until the study holds hpo.n_trials finished ones or the timeout passes.
 
     The study (and its database) is created here, once, before any worker starts: a new
-    database races on table creation. Returns (study, interrupted).
+    database races on table creation. The preflight runs once here too, before any trial.
+    Returns (study, interrupted).
     """
     hpo = params.hpo
-    study = open_study(params)
-    left = budget(study)
+    fingerprint = study_fingerprint(params, train, val)
+    study = open_study(params, fingerprint)
+    left = to_run(study, params)
     log.info(
         "study %s: %d finished trial(s), %d to run, %d worker(s) here",
         hpo.study_name,
-        left.finished,
-        max(0, hpo.n_trials - left.counted) + left.waiting,
+        budget(study).finished,
+        left,
         hpo.n_workers,
     )
+    if left == 0:
+        return study, False
+    run_preflight(params, train, val)
     if hpo.n_workers == 1:
-        interrupted = run_worker(params, train, val)
+        interrupted = run_worker(params, train, val, fingerprint)
     else:
         interrupted = run_local_workers(params)
-    return open_study(params), interrupted
+    return open_study(params, fingerprint), interrupted
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--params", default="params.yaml", help="the same params as the study's")
     parser.add_argument("--index", type=int, default=0, help="worker number (sampler seed, logs)")
+    # Started by the main run, which already ran the preflight on this machine.
+    parser.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     from retfound_hpo.cli import run_stage
@@ -328,10 +322,13 @@ def main(argv: list[str] | None = None) -> None:
         if threads := os.environ.get("RETFOUND_HPO_THREADS"):
             torch.set_num_threads(int(threads))
         params = load_params(args.params)
-        open_study(params, args.index, create=False)  # a missing study is a one-line error
         prepared = Path(params.data.prepared_dir)
         train, val = load_cached(prepared / "train"), load_cached(prepared / "val")  # never test
-        if run_worker(params, train, val, args.index):
+        fingerprint = study_fingerprint(params, train, val)
+        study = open_study(params, fingerprint, args.index, create=False)  # exists and matches
+        if not args.spawned and to_run(study, params):
+            run_preflight(params, train, val)  # this machine's device, data and checkpoint
+        if run_worker(params, train, val, fingerprint, args.index):
             sys.exit(130)
 
     run_stage(work, prefix=f"worker {args.index}")
