@@ -10,12 +10,15 @@ import logging
 import pytest
 import timm
 import torch
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from retfound_hpo.config import ModelConfig
 from retfound_hpo.errors import CheckpointError
 from retfound_hpo.model import (
     ARCH_KWARGS,
+    CLASS_TOKEN,
+    POOLING,
     build_backbone,
     build_model,
     load_retfound_checkpoint,
@@ -26,13 +29,24 @@ def shapes(model: nn.Module) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("arch", ["vit_large_patch16_224", "vit_large_patch14_dinov2"])
-def test_archs_mirror_timm(arch):
-    """Same parameters as timm's own definition (pooled RETFound-style): names and shapes."""
+def pooling_layers(model: nn.Module) -> list:
+    """Which of the final norm and fc_norm is a LayerNorm, and its eps."""
+    return [isinstance(m, nn.LayerNorm) and m.eps for m in (model.norm, model.fc_norm)]
+
+
+# RETFound-MAE fine-tunes with global_pool="avg"; RETFound-DINOv2 with timm's default pooling.
+@pytest.mark.parametrize(
+    ("arch", "pooling"),
+    [("vit_large_patch16_224", {"global_pool": "avg"}), ("vit_large_patch14_dinov2", {})],
+)
+def test_archs_mirror_timm(arch, pooling):
+    """Same parameters and pooling as timm's own definition: names, shapes, norms."""
     with torch.device("meta"):
         ours = build_backbone(ModelConfig(arch=arch, input_size=224))
-        theirs = timm.create_model(arch, img_size=224, num_classes=5, global_pool="avg")
+        theirs = timm.create_model(arch, img_size=224, num_classes=5, **pooling)
     assert shapes(ours) == shapes(theirs)
+    assert ours.global_pool == theirs.global_pool
+    assert pooling_layers(ours) == pooling_layers(theirs)
     assert ours.patch_embed.patch_size == theirs.patch_embed.patch_size
     if arch.endswith("dinov2"):  # layer scale, no register tokens, as RETFound-DINOv2
         assert "blocks.0.ls1.gamma" in shapes(ours) and ours.num_reg_tokens == 0
@@ -103,6 +117,74 @@ def test_teacher_with_wrong_keys_is_an_error(tmp_path, mae_checkpoint, change, m
         load_retfound_checkpoint(build_backbone(ModelConfig()), tmp_path / "bad.pth")
 
 
+# DINOv2 pooling at demo size: the demo arch set to pool like RETFound-DINOv2.
+@pytest.fixture
+def cls_pooled_demo(monkeypatch):
+    monkeypatch.setitem(POOLING, "vit_demo", CLASS_TOKEN)
+
+
+def with_trained_norm(encoder: dict) -> dict:
+    """The encoder with a final norm unlike a fresh LayerNorm's ones and zeros."""
+    generator = torch.Generator().manual_seed(1)
+    return {
+        **encoder,
+        "norm.weight": 1 + 0.1 * torch.randn(192, generator=generator),
+        "norm.bias": 0.1 * torch.randn(192, generator=generator),
+    }
+
+
+@pytest.mark.parametrize("pooled", ["cls", "mean"])
+def test_pooling_feeds_the_head(tmp_path, mae_checkpoint, monkeypatch, pooled):
+    """DINOv2: CLS token through the checkpoint's norm; MAE: patch mean through fresh fc_norm."""
+    if pooled == "cls":
+        monkeypatch.setitem(POOLING, "vit_demo", CLASS_TOKEN)
+    encoder = with_trained_norm(encoder_state(mae_checkpoint))
+    path = tmp_path / "dinov2.pth"
+    torch.save({"teacher": dinov2_teacher(encoder)}, path)
+    model = build_backbone(ModelConfig(checkpoint=str(path))).eval()
+    load_retfound_checkpoint(model, path)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        tokens = model.forward_features(x)  # the blocks' output through `norm`, if any
+        if pooled == "cls":
+            assert torch.equal(model.norm.weight, encoder["norm.weight"])
+            assert isinstance(model.fc_norm, nn.Identity)
+            expected = model.head(tokens[:, 0])
+        else:
+            assert isinstance(model.norm, nn.Identity)
+            assert torch.equal(model.fc_norm.weight, torch.ones(192))  # fresh
+            expected = model.head(model.fc_norm(tokens[:, 1:].mean(dim=1)))
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_cls_pooling_needs_the_checkpoints_norm(tmp_path, mae_checkpoint, cls_pooled_demo):
+    encoder = encoder_state(mae_checkpoint)
+    del encoder["norm.weight"], encoder["norm.bias"]
+    torch.save({"teacher": dinov2_teacher(encoder)}, tmp_path / "no_norm.pth")
+    with pytest.raises(CheckpointError, match=r"missing: \['norm.weight', 'norm.bias'\]"):
+        load_retfound_checkpoint(build_backbone(ModelConfig()), tmp_path / "no_norm.pth")
+    # and an MAE file's decoder is not part of a DINOv2 checkpoint
+    with pytest.raises(CheckpointError, match=r"unexpected: \['decoder_"):
+        load_retfound_checkpoint(build_backbone(ModelConfig()), mae_checkpoint)
+
+
+def test_cls_pooled_lora_trains_head_and_final_norm(tmp_path, mae_checkpoint, cls_pooled_demo):
+    path = tmp_path / "dinov2.pth"
+    torch.save({"teacher": dinov2_teacher(with_trained_norm(encoder_state(mae_checkpoint)))}, path)
+    model = build_model(ModelConfig(checkpoint=str(path)), lora_r=4, lora_alpha=16, dropout=0.1)
+    vit = model.base_model.model
+    wrapped = {n for n, m in vit.named_modules() if isinstance(m, ModulesToSaveWrapper)}
+    assert {"head", "norm"} <= wrapped
+    for name in wrapped - {"head", "norm"}:  # PEFT's suffix match: fc_norm, attn.q_norm, ...
+        assert isinstance(vit.get_submodule(name).original_module, nn.Identity), name
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if "lora_" not in n} == {
+        f"base_model.model.{m}.modules_to_save.default.{p}"
+        for m in ("head", "norm")
+        for p in ("weight", "bias")
+    }
+
+
 # ViT-Large from RETFound-layout files made here. Random weights are views of one shared,
 # offset buffer: torch.save writes it once (17 MB instead of 1.2 GB) and it takes a second.
 def random_weights(model: nn.Module, skip=("head.", "fc_norm.")) -> dict[str, torch.Tensor]:
@@ -132,9 +214,7 @@ def dinov2_layout(encoder: dict) -> dict:
     """RETFound-DINOv2: `teacher` with `backbone.` keys (518 px positions) and DINO heads."""
     encoder = dict(encoder)
     encoder["pos_embed"] = torch.randn(1, 1 + 37 * 37, 1024) * 0.02  # trained at 518 px
-    teacher = {f"backbone.{k}": v for k, v in encoder.items()}
-    teacher["backbone.norm.weight"] = torch.ones(1024)
-    teacher["backbone.norm.bias"] = torch.zeros(1024)
+    teacher = {f"backbone.{k}": v for k, v in encoder.items()}  # with the final norm
     teacher["backbone.mask_token"] = torch.zeros(1, 1024)
     teacher["dino_head.last_layer.weight_g"] = torch.ones(65536, 1)
     return {"teacher": teacher, "student": {}, "iteration": 112499}
@@ -159,13 +239,13 @@ def train_one_step(model: nn.Module, size: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("arch", "layout", "block"),
+    ("arch", "layout", "block", "fresh"),
     [
-        ("vit_large_patch16_224", mae_layout, "blocks.23.attn.qkv.weight"),
-        ("vit_large_patch14_dinov2", dinov2_layout, "blocks.23.ls2.gamma"),
+        ("vit_large_patch16_224", mae_layout, "blocks.23.attn.qkv.weight", ["fc_norm", "head"]),
+        ("vit_large_patch14_dinov2", dinov2_layout, "blocks.23.ls2.gamma", ["head"]),
     ],
 )
-def test_vit_large_lora_from_retfound_layout(tmp_path, caplog, arch, layout, block):
+def test_vit_large_lora_from_retfound_layout(tmp_path, caplog, arch, layout, block, fresh):
     cfg = ModelConfig(arch=arch, input_size=224, checkpoint=str(tmp_path / "retfound.pth"))
     with torch.device("meta"):  # names and shapes only
         encoder_shapes = build_backbone(cfg)
@@ -185,9 +265,14 @@ def test_vit_large_lora_from_retfound_layout(tmp_path, caplog, arch, layout, blo
 
     with caplog.at_level(logging.INFO, logger="retfound_hpo.model"):
         model = build_model(cfg, 8, 16, 0.1)
-    assert "fresh: ['fc_norm', 'head']" in caplog.text  # nothing else missing
+    assert f"fresh: {fresh}" in caplog.text  # nothing else missing
     vit = model.base_model.model
-    loaded = dict(vit.named_parameters())[block.replace("qkv.weight", "qkv.base_layer.weight")]
+    params = dict(vit.named_parameters())
+    loaded = params[block.replace("qkv.weight", "qkv.base_layer.weight")]
     assert torch.equal(loaded, encoder[block])
+    if arch.endswith("dinov2"):  # CLS token through the pretrained final norm, trained further
+        assert "norm.weight" in encoder and "fc_norm.weight" not in vit.state_dict()
+        assert torch.equal(params["norm.modules_to_save.default.weight"], encoder["norm.weight"])
+        assert torch.equal(params["norm.modules_to_save.default.bias"], encoder["norm.bias"])
     assert vit.pos_embed.shape == (1, 1 + (224 // vit.patch_embed.patch_size[0]) ** 2, 1024)
     train_one_step(model, 224)

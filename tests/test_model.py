@@ -1,5 +1,7 @@
 import argparse
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,8 +66,61 @@ def test_pickled_namespace_loads_but_other_objects_do_not(tmp_path, mae_checkpoi
     load_retfound_checkpoint(build_backbone(cfg(mae_checkpoint)), tmp_path / "ft.pth")
 
     torch.save({"model": state, "x": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="Unsupported global|weights_only"):
+    with pytest.raises(CheckpointError, match=r"other than tensors \(GLOBAL [\w.]*Payload\)"):
         load_retfound_checkpoint(build_backbone(cfg(mae_checkpoint)), tmp_path / "evil.pth")
+
+
+def damage(path, case: str):
+    """A checkpoint file as users end up with it when a download goes wrong."""
+    good = path.read_bytes()
+    if case == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif case == "truncated_head":  # cut off before the zip's first record ends
+        path.write_bytes(good[:100])
+    elif case == "html":
+        path.write_text("\n<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>\n")
+    elif case == "xml":  # a cloud storage error page
+        path.write_text('<?xml version="1.0"?><Error><Code>AccessDenied</Code></Error>')
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif case == "legacy_truncated":  # torch's pre-1.6 format, also cut off
+        torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:-1000])
+    elif case == "folder":
+        path.unlink()
+        path.mkdir()
+    elif case == "object":
+        torch.save({"model": torch.load(path, weights_only=True)["model"], "x": Payload()}, path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("truncated", r"truncated or corrupt checkpoint \(.+\); download it again"),
+        ("truncated_head", r"truncated or corrupt checkpoint \(PytorchStreamReader failed"),
+        ("legacy_truncated", r"truncated or corrupt checkpoint \(.+\); download it again"),
+        ("html", r"an HTML page, not a checkpoint \(a download that saved a login or error"),
+        ("xml", r"an HTML page, not a checkpoint"),
+        ("empty", r"empty file \(0 bytes\), not a checkpoint; download it again"),
+        ("random", r"not a PyTorch checkpoint \(.+\); model.checkpoint must be RETFound's"),
+        ("folder", r"a folder, not a checkpoint file; set model.checkpoint to the .pth in it"),
+        ("object", r"holds Python objects other than tensors \(GLOBAL \S+Payload\); RETFound"),
+    ],
+)  # fmt: skip
+def test_damaged_checkpoint_is_one_line_naming_the_file(mae_checkpoint, case, message):
+    damage(mae_checkpoint, case)
+    with pytest.raises(CheckpointError) as error:
+        load_retfound_checkpoint(build_backbone(cfg(mae_checkpoint)), mae_checkpoint)
+    text = str(error.value)
+    assert re.match(re.escape(f"{mae_checkpoint}: ") + message, text), text
+    assert "\n" not in text
+    # Unrestricted unpickling of a downloaded file is code execution: never suggest it, not
+    # even in the chained torch error a traceback would show.
+    assert "weights_only=False" not in text and "False" not in text
+    err = error.value
+    assert (err.__cause__ or (None if err.__suppress_context__ else err.__context__)) is None
 
 
 def test_lora_trains_only_adapters_head_and_fc_norm(mae_checkpoint):

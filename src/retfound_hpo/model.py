@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -32,18 +34,43 @@ ARCH_KWARGS = {
         patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, init_values=1e-5
     ),
 }
-# What a RETFound MAE checkpoint may lack (the classifier) or carry besides the encoder.
-ALLOWED_MISSING = ("head.", "fc_norm.")
-ALLOWED_UNEXPECTED = ("norm.", "mask_token", "decoder_")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooling:
+    """How a ViT feeds its head, as RETFound fine-tunes it, and what its checkpoint holds."""
+
+    global_pool: str  # timm's global_pool
+    trainable: tuple[str, ...]  # trained in full beside LoRA (PEFT modules_to_save)
+    fresh: tuple[str, ...]  # key prefixes the checkpoint lacks: initialised here
+    ignored: tuple[str, ...]  # key prefixes the checkpoint may carry that the model does not use
+
+
+# RETFound-MAE: mean of the patch tokens (CLS excluded) through a fresh fc_norm; the MAE file's
+# final `norm`, mask_token and decoder are left out.
+MEAN_OF_PATCHES = Pooling(
+    "avg", ("head", "fc_norm"), ("head.", "fc_norm."), ("norm.", "mask_token", "decoder_")
+)
+# RETFound-DINOv2 keeps timm's default: the CLS token through the pretrained final `norm`, which
+# must be in the file. PEFT picks modules_to_save by name suffix, so "norm" also wraps the
+# parameter-free nn.Identity slots named *norm (attn.q_norm, mlp.norm, fc_norm...): nothing there
+# to train or save, and merge_and_unload unwraps them.
+CLASS_TOKEN = Pooling("token", ("head", "norm"), ("head.",), ("mask_token",))
+POOLING = {
+    "vit_demo": MEAN_OF_PATCHES,
+    "vit_large_patch16_224": MEAN_OF_PATCHES,
+    "vit_large_patch14_dinov2": CLASS_TOKEN,
+}
 MODEL_CONFIG_FILE = "model_config.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def build_backbone(cfg: ModelConfig, dropout: float = 0.0) -> VisionTransformer:
-    """The ViT as RETFound fine-tunes it: mean-pooled patch tokens, fc_norm, dropout, head."""
+    """The ViT as RETFound fine-tunes it: its arch's pooling (POOLING), dropout, head."""
     return VisionTransformer(
         img_size=cfg.input_size,
         num_classes=cfg.num_classes,
-        global_pool="avg",  # mean of patch tokens (CLS excluded), then fc_norm
+        global_pool=POOLING[cfg.arch].global_pool,
         qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         drop_path_rate=cfg.drop_path_rate,
@@ -77,12 +104,53 @@ def _dinov2_backbone(teacher: dict) -> dict:
     return {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
 
 
+# How torch.save's files begin: a zip archive (since torch 1.6), or the older pickle protocol 2
+# stream that opens with torch's magic number.
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
+
+
+def _unloadable(path: Path, head: bytes, err: Exception) -> CheckpointError:
+    """Name what a file torch.load refused most likely is. Never repeat torch's advice to retry
+    with weights_only=False: unrestricted unpickling of a downloaded file runs its code."""
+    detail = str(err).split("WeightsUnpickler error:")[-1].strip()
+    if name := re.search(r"GLOBAL [\w.]+", detail):
+        return CheckpointError(
+            f"{path}: holds Python objects other than tensors ({name.group()}); "
+            "RETFound checkpoints are loaded with weights_only=True"
+        )
+    detail = detail.split("\n")[0].split(". ")[0].rstrip(".")
+    if not detail or "weights_only" in detail:
+        detail = type(err).__name__
+    if head.startswith(TORCH_MAGIC) or isinstance(err, EOFError):
+        return CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({detail}); download it again"
+        )
+    return CheckpointError(
+        f"{path}: not a PyTorch checkpoint ({detail}); model.checkpoint must be RETFound's .pth"
+    )
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Encoder weights from a RETFound file (MAE `model`, DINOv2 `teacher`) or a state dict."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(512)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    if not head:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; download it again")
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):  # markup: HTML, or XML
+        raise CheckpointError(
+            f"{path}: an HTML page, not a checkpoint (a download that saved a login or error "
+            "page?); download the weights again"
+        )
     # weights_only with an explicit allow-list: fine-tuned RETFound files pickle an argparse
     # Namespace; nothing else outside tensors and containers may be unpickled.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # damaged files raise RuntimeError, OSError, EOFError, Unpickling...
+        raise _unloadable(path, head, err) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, got {type(ckpt).__name__}")
     if "model" in ckpt and isinstance(ckpt["model"], dict):
@@ -101,8 +169,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_retfound_checkpoint(model: VisionTransformer, path: str | Path) -> None:
     """Load RETFound encoder weights into `model`, checking every key and shape."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: a folder, not a checkpoint file; set model.checkpoint to the .pth in it"
+        )
     if not path.is_file():
         raise CheckpointError(f"model.checkpoint: {path} not found")
+    pooling = next(p for p in POOLING.values() if p.global_pool == model.global_pool)
     state = _read_state_dict(path)
     own = model.state_dict()
     # A fine-tuned checkpoint's head belongs to another task: start it fresh, as RETFound does.
@@ -119,8 +192,8 @@ def load_retfound_checkpoint(model: VisionTransformer, path: str | Path) -> None
         for k, v in state.items()
         if k in own and v.shape != own[k].shape
     ]
-    missing = [k for k in own if k not in state and not k.startswith(ALLOWED_MISSING)]
-    unexpected = [k for k in state if k not in own and not k.startswith(ALLOWED_UNEXPECTED)]
+    missing = [k for k in own if k not in state and not k.startswith(pooling.fresh)]
+    unexpected = [k for k in state if k not in own and not k.startswith(pooling.ignored)]
     if wrong_shape or missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit model.arch; wrong shapes: {wrong_shape[:3]}, "
@@ -150,8 +223,8 @@ def build_model(
     lora_dropout: float | None = None,
     lora_targets: list[str] | tuple[str, ...] | None = None,
 ) -> PeftModel:
-    """Backbone + RETFound weights + LoRA (on `cfg.lora_targets` unless given); head and
-    fc_norm trainable."""
+    """Backbone + RETFound weights + LoRA (on `cfg.lora_targets` unless given); head and the
+    pooling's norm trainable."""
     model = build_backbone(cfg, dropout)
     load_retfound_checkpoint(model, checkpoint or cfg.checkpoint)
     return apply_lora(model, cfg, lora_r, lora_alpha, lora_dropout, lora_targets)
@@ -165,14 +238,15 @@ def apply_lora(
     lora_dropout: float | None = None,
     lora_targets: list[str] | tuple[str, ...] | None = None,
 ) -> PeftModel:
-    """Wrap a backbone with LoRA adapters; only they, the head and fc_norm train."""
+    """Wrap a backbone with LoRA adapters; only they, the head and fc_norm (MAE) or the final
+    norm (DINOv2) train."""
     targets = [LORA_TARGETS.get(t.strip(), t.strip()) for t in (lora_targets or cfg.lora_targets)]
     lora = LoraConfig(
         r=lora_r,
         lora_alpha=lora_alpha,
         target_modules=targets,
         lora_dropout=cfg.lora_dropout if lora_dropout is None else lora_dropout,
-        modules_to_save=["head", "fc_norm"],
+        modules_to_save=list(POOLING[cfg.arch].trainable),
     )
     return get_peft_model(model, lora)
 
@@ -181,26 +255,74 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _config_dict(cfg: ModelConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
+
+
 def save_trained_model(
     model: PeftModel, out_dir: str | Path, cfg: ModelConfig, hparams: dict
 ) -> None:
-    """Save the LoRA adapter (with head and fc_norm) and what is needed to rebuild the model."""
+    """Save the LoRA adapter (with head and fc_norm or norm) and what rebuilds the model."""
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    config = {
-        "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-        "hparams": hparams,
-    }
+    config = {"model": _config_dict(cfg), "hparams": hparams}
     (out_dir / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: unreadable ({err}); copy the model folder again") from None
+
+
+def read_model_config(model_dir: str | Path) -> tuple[ModelConfig, dict]:
+    """The ModelConfig saved in a model folder, and the whole config with every model key."""
+    path = Path(model_dir) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{model_dir}: not a model folder (no {MODEL_CONFIG_FILE}); give the folder "
+            "train-best wrote (e.g. models/best_model) or a merged export"
+        )
+    config = _read_json(path)
+    raw = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(raw, dict) or not isinstance(config.get("hparams", {}), dict):
+        raise CheckpointError(f"{path}: needs a 'model' mapping (and 'hparams', a mapping)")
+    kinds = {
+        k: (int, float) if isinstance(v, float) else type(v)
+        for k, v in _config_dict(ModelConfig()).items()
+    }
+    for key, value in raw.items():
+        if not isinstance(value, kinds.get(key, ())):  # () for a key ModelConfig does not have
+            raise CheckpointError(f"{path}: model.{key}: {value!r} is not a ModelConfig value")
+    if raw.get("arch") not in POOLING:
+        raise CheckpointError(
+            f"{path}: model.arch: {raw.get('arch')!r} is not one of {list(POOLING)}"
+        )
+    cfg = ModelConfig(**{**raw, "lora_targets": tuple(raw.get("lora_targets", ("qkv",)))})
+    return cfg, {"hparams": {}, **config, "model": _config_dict(cfg)}
 
 
 def load_trained_model(model_dir: str | Path) -> tuple[PeftModel, dict]:
     """Rebuild a model saved by `save_trained_model`; returns it in eval mode with its config."""
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / MODEL_CONFIG_FILE).read_text())
-    raw = config["model"]
-    cfg = ModelConfig(**{**raw, "lora_targets": tuple(raw["lora_targets"])})
+    cfg, config = read_model_config(model_dir)
+    missing = [name for name in ADAPTER_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{model_dir}: no {' and no '.join(missing)} (the LoRA adapter)")
+    # An adapter trained with another pooling would load without a word and grade wrongly.
+    saved = _read_json(model_dir / ADAPTER_FILES[0])
+    saved = saved.get("modules_to_save") if isinstance(saved, dict) else None
+    trainable = list(POOLING[cfg.arch].trainable)
+    if sorted(saved or []) != sorted(trainable):
+        raise CheckpointError(
+            f"{model_dir}: the adapter trains {saved}, but {cfg.arch} trains {trainable} "
+            "(saved by an older version?); train it again"
+        )
     backbone = build_backbone(cfg, config["hparams"].get("dropout", 0.0))
     load_retfound_checkpoint(backbone, cfg.checkpoint)
-    model = PeftModel.from_pretrained(backbone, model_dir)
+    try:
+        model = PeftModel.from_pretrained(backbone, model_dir)
+    except SafetensorError as err:
+        raise CheckpointError(f"{model_dir / ADAPTER_FILES[1]}: corrupt ({err})") from None
     return model.eval(), config

@@ -29,7 +29,7 @@ from retfound_hpo.data.preprocess import preprocess_image
 from retfound_hpo.errors import CheckpointError, DatasetError
 from retfound_hpo.export import MERGED_FILE, load_merged
 from retfound_hpo.io import write_text_atomic
-from retfound_hpo.model import MODEL_CONFIG_FILE, load_trained_model
+from retfound_hpo.model import ADAPTER_FILES, load_trained_model, read_model_config
 from retfound_hpo.train import predict_proba, resolve_device
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,14 @@ def list_images(source: str | Path) -> pd.DataFrame:
         return pd.DataFrame({"id": [p.stem for p in paths], "path": [str(p) for p in paths]})
     if not source.is_file():
         raise DatasetError(f"{source}: no such folder or CSV file")
-    table = pd.read_csv(source, dtype=str, keep_default_na=False)
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        raise DatasetError(f"{source}: an image; give its folder, or a CSV with a 'path' column")
+    try:
+        table = pd.read_csv(source, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{source}: empty file (no header, no rows)") from None
+    except (ValueError, OSError) as err:  # ParserError, UnicodeDecodeError (a binary file), ...
+        raise DatasetError(f"{source}: not a readable CSV ({err})") from None
     if "path" not in table.columns:
         raise DatasetError(f"{source}: needs a 'path' column; found {list(table.columns)}")
     if table.empty:
@@ -64,13 +71,15 @@ def list_images(source: str | Path) -> pd.DataFrame:
 def load_model(model_dir: str | Path) -> tuple[nn.Module, dict]:
     """A merged export or a PEFT adapter folder, in eval mode, with its config."""
     model_dir = Path(model_dir)
-    if not (model_dir / MODEL_CONFIG_FILE).is_file():
-        raise CheckpointError(
-            f"{model_dir}: not a model folder (no {MODEL_CONFIG_FILE}); give the folder "
-            "train-best wrote (e.g. models/best_model) or a merged export"
-        )
+    read_model_config(model_dir)  # first: a folder that is no model folder at all says so
     if (model_dir / MERGED_FILE).is_file():
         return load_merged(model_dir)
+    missing = [name for name in ADAPTER_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{model_dir}: no model weights: neither {MERGED_FILE} (a merged export) nor "
+            f"{' and '.join(missing)} (the LoRA adapter train-best writes)"
+        )
     return load_trained_model(model_dir)
 
 
