@@ -1,18 +1,14 @@
 """End to end: `dvc repro` of all five stages on tiny params, in a temporary copy of the repo."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, copy_repo, sh
+
 TINY = {
     "data": {
         "val_fraction": 0.25,
@@ -31,30 +27,9 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def sh(cmd: str, cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
 @pytest.fixture
 def repo(tmp_path):
-    files = subprocess.run(
-        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in files + ["models/demo_backbone/checkpoint.pth"]:
-        if (REPO / name).is_file():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, tmp_path / name)
-    (tmp_path / "dvc.lock").unlink(missing_ok=True)
+    copy_repo(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
     sh("git init -q && git add -A && git commit -qm init", tmp_path)

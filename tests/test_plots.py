@@ -1,7 +1,6 @@
 """PNG backends: kaleido (plotly + Chromium) when a browser exists, matplotlib otherwise."""
 
 import logging
-import shutil
 
 import optuna
 import pytest
@@ -39,11 +38,7 @@ def test_backend_choice_without_chrome(tmp_path, monkeypatch):
         write_report(optuna.create_study(), tmp_path, SPACE, png_backend="svg")
 
 
-@pytest.mark.skipif(
-    shutil.which("chromium") is None,
-    reason="kaleido needs Chromium for PNG export (apt-get install chromium)",
-)
-def test_kaleido_backend(tmp_path):
+def test_kaleido_backend(tmp_path, chromium):
     text = write_report(make_study(6), tmp_path, SPACE, png_backend="plotly").read_text()
     assert "PNG backend: plotly + kaleido" in text
     assert_valid_plots(tmp_path)

@@ -16,10 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 TEMPLATE = REPO / "assets/dvc_plots_template.html"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} not installed"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("chromium")]  # skipped only off CI
 
 
 def screenshot(page: Path, tmp_path: Path) -> np.ndarray:

@@ -78,6 +78,16 @@ def test_raising_n_trials_continues_the_same_study(tmp_path, mae_checkpoint, dat
     assert trials[2].params != trials[0].params  # a resumed sampler does not replay trial 0
 
 
+def test_the_same_search_twice_gives_identical_trials(tmp_path, mae_checkpoint, data):
+    """Same machine, same threads, same seed: every trial repeats exactly (README's claim)."""
+    runs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        study, _ = run_search(tiny_params(tmp_path / name, mae_checkpoint), *data)
+        runs.append([(t.params, t.values, t.intermediate_values) for t in study.trials])
+    assert runs[0] == runs[1] and len(runs[0]) == 2
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_trial_cut_off_before_its_objective_is_failed_on_resume(tmp_path, mae_checkpoint, data):
     params = tiny_params(tmp_path, mae_checkpoint, hpo={"heartbeat_seconds": 1})

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import easy_images, tiny_params, write_prepared
+from conftest import easy_images, tiny_params, unavailable, write_prepared
 from retfound_hpo.budget import counted_trials
 from retfound_hpo.fingerprint import study_fingerprint
 from retfound_hpo.search import FINISHED
@@ -171,11 +171,12 @@ def find_postgres_bin(name: str) -> str | None:
     return str(candidates[-1]) if candidates else None
 
 
-def unavailable(reason: str):
-    """Skip where PostgreSQL cannot run; CI sets RETFOUND_HPO_REQUIRE_POSTGRES and fails."""
-    if os.environ.get("RETFOUND_HPO_REQUIRE_POSTGRES"):
-        pytest.fail(f"PostgreSQL is required here: {reason}")
-    pytest.skip(f"PostgreSQL not available: {reason} (bash scripts/setup.sh --test installs it)")
+def postgres_unavailable(reason: str):
+    unavailable(
+        "PostgreSQL",
+        f"{reason} (bash scripts/setup.sh --test installs it)",
+        "RETFOUND_HPO_REQUIRE_POSTGRES",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def postgres_url():
         return
     initdb, pg_ctl = find_postgres_bin("initdb"), find_postgres_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        unavailable("initdb/pg_ctl not found")
+        postgres_unavailable("initdb/pg_ctl not found")
     # The server refuses to run as root: run it as the postgres user where we are root.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="retfound-pg-"))
@@ -222,7 +223,7 @@ def postgres_url():
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
         shutil.rmtree(folder, ignore_errors=True)
-        unavailable(f"the server did not start: {getattr(err, 'stderr', err)}")
+        postgres_unavailable(f"the server did not start: {getattr(err, 'stderr', err)}")
     yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     subprocess.run(
         [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True

@@ -12,7 +12,7 @@ _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 
 def layer_id(name: str, num_blocks: int) -> int:
-    """0 for the embeddings, i + 1 for transformer block i, num_blocks + 1 for fc_norm and head."""
+    """0 for the embeddings, i + 1 for block i, num_blocks + 1 for the head and its norm."""
     match = _BLOCK.search(name)
     if match:
         return int(match.group(1)) + 1
