@@ -1,10 +1,10 @@
-"""Stage train-best: train the best trial's hyperparameters; save the model and its history."""
+"""Stage train-best: train the best trial's hyperparameters once per seed; save the models (the
+seed best on val delivered as models/best_model), the delivered seed's history and every seed's
+validation metrics."""
 
 from pathlib import Path
 
-import pandas as pd
-
-from retfound_hpo.best_model import train_best_model
+from retfound_hpo.best_model import train_best_models
 from retfound_hpo.cli import run_stage
 from retfound_hpo.config import load_params
 from retfound_hpo.io import write_json_atomic, write_text_atomic
@@ -15,14 +15,9 @@ def main() -> None:
     params = load_params("params.yaml")
     prepared, results = Path(params.data.prepared_dir), Path(params.train_best.results_dir)
     train, val = load_cached(prepared / "train"), load_cached(prepared / "val")
-    result = train_best_model(params, train, val)
-    write_text_atomic(results / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
-    metrics = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        **{f"val_{k}": v for k, v in result.best_metrics.items()},
-    }
-    write_json_atomic(results / "metrics.json", metrics)
+    runs = train_best_models(params, train, val)
+    write_text_atomic(results / "history.csv", runs.history().to_csv(index=False))
+    write_json_atomic(results / "metrics.json", runs.metrics())
 
 
 if __name__ == "__main__":

@@ -1,11 +1,23 @@
-"""The train-best stage's work: train the search's winner longer and save it."""
+"""The train-best stage's work: train the search's winner longer, once per seed, and save it.
+
+A seed (train_best.seeds, default just `seed`) drives LoRA and head initialisation, data order and
+augmentation. Every seed's model is kept in <seeds_dir>/<seed>/, and output_dir gets a copy of the
+seed best on validation (by hpo.metric; a tie goes to the first seed listed), so that a reader can
+tell a better variant from a lucky seed and a user still gets one model. The test split plays no
+part in the choice.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from retfound_hpo.config import Params
 from retfound_hpo.errors import ConfigError
@@ -26,16 +38,82 @@ def read_best_hparams(params: Params) -> dict:
     return resolve_hparams(suggested, params)
 
 
-def train_best_model(params: Params, train: CachedImages, val: CachedImages) -> FitResult:
-    """Train the best hyperparameters for train_best.epochs and save the best epoch's model."""
-    tb = params.train_best
+@dataclass
+class SeedRuns:
+    """Every seed's training result and the seed delivered as the best model."""
+
+    results: dict[int, FitResult]  # in the order the seeds were listed
+    best_seed: int
+
+    @property
+    def best(self) -> FitResult:
+        return self.results[self.best_seed]
+
+    def metrics(self) -> dict:
+        """The delivered seed's figures (best_epoch, epochs_run, val_*), best_seed, and per seed
+        (keyed by seed, for `dvc metrics diff`) the same figures."""
+        per_seed = {str(seed): _summary(result) for seed, result in self.results.items()}
+        return {**_summary(self.best), "best_seed": self.best_seed, "seeds": per_seed}
+
+    def history(self) -> pd.DataFrame:
+        """The delivered seed's per-epoch history, with its seed."""
+        return pd.DataFrame(self.best.history).assign(seed=self.best_seed)
+
+
+def _summary(result: FitResult) -> dict:
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        **{f"val_{k}": v for k, v in result.best_metrics.items()},
+    }
+
+
+def train_best_models(params: Params, train: CachedImages, val: CachedImages) -> SeedRuns:
+    """Train the best hyperparameters once per seed for up to train_best.epochs (each keeping its
+    best epoch); save each seed's model, then deliver the best on validation to output_dir."""
+    tb, metric = params.train_best, params.hpo.metric
     hparams = read_best_hparams(params)
-    log.info("training best hyperparameters %s for up to %d epochs", hparams, tb.epochs)
-    model, result = train_config(hparams, params, tb.epochs, tb.early_stopping_patience, train, val)
-    out = Path(tb.output_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_trained_model(model, tmp, params.model, hparams)
-    shutil.rmtree(out, ignore_errors=True)  # swap in whole: never a half-saved model
+    seeds = tb.seed_list(params.seed)
+    seeds_dir = Path(tb.seeds_dir)
+    staging = _fresh(seeds_dir.with_name(seeds_dir.name + ".tmp"))
+    results = {}
+    for i, seed in enumerate(seeds, start=1):
+        log.info(
+            "seed %d (%d of %d): training best hyperparameters %s for up to %d epochs",
+            *(seed, i, len(seeds), hparams, tb.epochs),
+        )
+        seeded = dataclasses.replace(params, seed=seed)  # train_config seeds everything from it
+        model, results[seed] = train_config(
+            hparams, seeded, tb.epochs, tb.early_stopping_patience, train, val
+        )
+        save_trained_model(model, staging / str(seed), params.model, hparams)
+        del model  # one model in memory at a time
+
+    def score(seed: int) -> float:
+        value = results[seed].best_metrics.get(metric, math.nan)
+        return value if math.isfinite(value) else -math.inf
+
+    best_seed = max(seeds, key=score)  # max keeps the first of equal scores
+    for seed in seeds:
+        log.info(
+            "seed %d: val %s %.4f%s", seed, metric, score(seed), " *" if seed == best_seed else ""
+        )
+    _swap_in(staging, seeds_dir)
+    delivered = _fresh(Path(tb.output_dir).with_name(Path(tb.output_dir).name + ".tmp"))
+    shutil.copytree(seeds_dir / str(best_seed), delivered)
+    _swap_in(delivered, Path(tb.output_dir))
+    log.info("delivered seed %d's model as %s", best_seed, tb.output_dir)
+    return SeedRuns(results, best_seed)
+
+
+def _fresh(folder: Path) -> Path:
+    """`folder`, removed if a run that was cut off left it behind."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by the finished `tmp` folder: a reader never sees a half-saved model."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out)
-    return result

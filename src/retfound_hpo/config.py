@@ -111,6 +111,13 @@ class TrainBestConfig:
     early_stopping_patience: int = 5
     output_dir: str = "models/best_model"
     results_dir: str = "results/train"
+    # One training run per seed, each kept in <seeds_dir>/<seed>/; output_dir gets the best on val.
+    seeds: tuple[int, ...] | None = None  # null: just `seed`
+    seeds_dir: str = "models/seeds"
+
+    def seed_list(self, default: int) -> list[int]:
+        """The seeds to train: train_best.seeds, or just `default` (the params' seed)."""
+        return list(self.seeds) if self.seeds is not None else [default]
 
 
 @dataclass(frozen=True)
@@ -373,6 +380,17 @@ def _check_values(p: Params) -> None:
         tb.early_stopping_patience,
         "must be >= 1 (epochs without improvement before stopping)",
     )
+    if tb.seeds is not None:
+        _require(
+            len(tb.seeds) > 0 and len(set(tb.seeds)) == len(tb.seeds),
+            "train_best.seeds",
+            list(tb.seeds),
+            "list one or more different seeds, e.g. [42, 43, 44], or null for just `seed`",
+        )
+        for i, s in enumerate(tb.seeds):
+            _require(
+                0 <= s < 2**32, f"train_best.seeds[{i}]", s, "must be an integer in [0, 2**32)"
+            )
     names = [ds.name for ds in p.evaluate.datasets]
     _require(
         len(set(names)) == len(names) and "test" not in names,
