@@ -1,4 +1,6 @@
-"""Stage evaluate-cross-dataset: the trained model on the held-out test split and other datasets."""
+"""Stage evaluate-cross-dataset: the trained model on val (where the referable-DR operating point
+is chosen), the held-out test split and other datasets; each seed's model when there are several.
+"""
 
 from pathlib import Path
 
@@ -7,15 +9,18 @@ from retfound_hpo.config import load_params
 from retfound_hpo.evaluate import evaluate_datasets
 from retfound_hpo.io import write_json_atomic
 from retfound_hpo.model import load_trained_model
+from retfound_hpo.seed_summary import find_seed_models
 
 
 def main() -> None:
     params = load_params("params.yaml")
     prepared, out = Path(params.data.prepared_dir), Path(params.evaluate.output_dir)
+    ev = params.evaluate
     model, _ = load_trained_model(params.train_best.output_dir)
     datasets = {
+        "val": prepared / "val",
         "test": prepared / "test",
-        **{ds.name: prepared / ds.name for ds in params.evaluate.datasets},
+        **{ds.name: prepared / ds.name for ds in ev.datasets},
     }
     metrics = evaluate_datasets(
         model,
@@ -24,8 +29,11 @@ def main() -> None:
         device=params.train.device,
         amp=params.train.amp,
         batch_size=params.train.eval_batch_size,
-        bootstrap_samples=params.evaluate.bootstrap_samples,
+        bootstrap_samples=ev.bootstrap_samples,
         seed=params.seed,
+        referable_rule=ev.referable_rule,
+        referable_target=ev.referable_target,
+        seed_models=find_seed_models(params.train_best.seeds_dir),
     )
     write_json_atomic(out / "metrics.json", metrics)
 

@@ -17,7 +17,8 @@ from retfound_hpo.space import LORA_TARGET_NAMES, check_search_space, normalize_
 
 DATA_FORMATS = ("aptos", "eyepacs", "messidor", "idrid", "csv")
 ARCHS = ("vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2")
-METRICS = ("accuracy", "kappa", "auroc", "f1")
+# retfound: RETFound's selection score, (macro F1 + macro AUROC + unweighted kappa) / 3
+METRICS = ("accuracy", "kappa", "auroc", "f1", "retfound")
 STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -84,7 +85,7 @@ class HpoConfig:
     timeout_hours: float | None = None
     num_epochs: int = 10
     early_stopping_patience: int = 3
-    metric: Literal["accuracy", "kappa", "auroc", "f1"] = "accuracy"
+    metric: Literal["accuracy", "kappa", "auroc", "f1", "retfound"] = "accuracy"
     multi_objective: bool = False  # also minimise trainable parameters (Pareto front; no pruning)
     sampler: Literal["tpe", "random"] = "tpe"
     sampler_startup_trials: int = 10  # TPE: random trials before it models the space
@@ -140,12 +141,24 @@ class EvaluateConfig:
     datasets: tuple[EvalDataset, ...] = ()
     output_dir: str = "results/eval"
     bootstrap_samples: int = 1000  # resamples for the 95% intervals (seeded by `seed`); 0: none
+    # Referable-DR operating point: a threshold on P(grade >= 2) chosen on the val split, then
+    # applied unchanged to test and every dataset. "sensitivity": the highest threshold whose val
+    # sensitivity is >= referable_target; "youden": max sensitivity + specificity - 1. Screening
+    # default: a missed referable eye costs more than a false referral, and 0.90 is above the 80 %
+    # minimum of the UK screening standard and the 85 % endpoint of the IDx-DR pivotal trial.
+    referable_rule: Literal["sensitivity", "youden"] = "sensitivity"
+    referable_target: float = 0.9  # rule "sensitivity" only
 
     def __post_init__(self) -> None:
         if self.bootstrap_samples < 0:
             raise ConfigError(
                 f"evaluate.bootstrap_samples: {self.bootstrap_samples!r} is not allowed; "
                 "must be >= 0 (0 turns the intervals off)"
+            )
+        if not 0 < self.referable_target <= 1:
+            raise ConfigError(
+                f"evaluate.referable_target: {self.referable_target!r} is not allowed; "
+                "must be in (0, 1] (the val sensitivity the threshold must reach)"
             )
 
 
@@ -393,9 +406,9 @@ def _check_values(p: Params) -> None:
             )
     names = [ds.name for ds in p.evaluate.datasets]
     _require(
-        len(set(names)) == len(names) and "test" not in names,
+        len(set(names)) == len(names) and not {"test", "val"} & set(names),
         "evaluate.datasets",
         names,
-        "names must be unique and not 'test' (the held-out split)",
+        "names must be unique and not 'test' or 'val' (the prepared splits, evaluated too)",
     )
     check_search_space(h.search_space)

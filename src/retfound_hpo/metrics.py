@@ -1,10 +1,25 @@
-"""DR grading metrics: accuracy (percent, the guide's objective), quadratic kappa, AUROC, F1.
+"""DR grading metrics: accuracy (percent, the guide's objective), kappa, AUROC, F1, RETFound score.
 
-`classification_metrics` is the fast set the training loop computes every epoch. Evaluation adds
-per-grade sensitivity and referable-DR AUROC (`evaluation_metrics`) and bootstrap percentile
-intervals (`bootstrap_intervals`). Both compute every metric from image weights (how often each
-image is drawn), so one vectorised code path gives the point estimate (all weights 1) and a whole
-batch of bootstrap resamples at once.
+`classification_metrics` is the fast set the training loop computes every epoch; its referable-DR
+figures are a cheap diagnostic from the argmax grade (`argmax_referable_*`), not the operating
+point. Evaluation (`evaluation_metrics`, `bootstrap_intervals`) adds per-grade sensitivity,
+referable-DR AUROC, the referable-DR operating point fixed on val (operating_point.py: sensitivity,
+specificity, PPV and NPV of P(grade >= 2) >= threshold) and calibration (calibration.py: ECE). Both
+compute every metric from image weights (how often each image is drawn), so one vectorised code
+path gives the point estimate (all weights 1) and a whole batch of bootstrap resamples at once.
+
+- `kappa`: quadratic-weighted Cohen's kappa (the APTOS-2019 competition metric).
+- `kappa_unweighted`: plain Cohen's kappa, the one RETFound's selection score uses.
+- `auroc`: macro one-vs-rest AUROC over the grades present in the data.
+- `f1`: macro F1 over all num_classes grades (a grade neither present nor predicted scores 0, as
+  sklearn's f1_score with labels=range(num_classes)).
+- `retfound`: (f1 + auroc + kappa_unweighted) / 3, RETFound's checkpoint-selection score.
+
+Bootstrap resamples draw patients, not images, when the data names patients with several images
+(EyePACS eyes, a CSV with a patient column): a drawn patient brings all their images. A resample
+where a metric is undefined is counted (`<metric>_ci_undefined`) and left out of that metric's
+interval: e.g. macro AUROC and macro F1 are undefined in a resample that lacks a grade present in
+the full data (rather than averaged over fewer grades), a sensitivity in one without positives.
 """
 
 from __future__ import annotations
@@ -13,9 +28,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
-REFERABLE_GRADE = 2  # grade >= 2 (moderate NPDR or worse) is referable DR
+from retfound_hpo.calibration import weighted_ece
+from retfound_hpo.operating_point import REFERABLE_GRADE, referable_score, weighted_operating_point
+
 RESAMPLE_CHUNK = 128  # resamples per vectorised batch: bounds memory at 128 x N weights
 
 
@@ -30,46 +48,69 @@ def macro_ovr_auroc(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """All headline metrics from true grades (N,) and predicted probabilities (N, C)."""
+    """The per-epoch metrics from true grades (N,) and predicted probabilities (N, C)."""
     y_true = np.asarray(y_true)
     y_pred = probs.argmax(axis=1)
     labels = list(range(probs.shape[1]))
-    referable_true, referable_pred = y_true >= REFERABLE_GRADE, y_pred >= REFERABLE_GRADE
-    return {
+    metrics = {
         "accuracy": 100.0 * accuracy_score(y_true, y_pred),
         "kappa": float(cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=labels)),
+        "kappa_unweighted": float(cohen_kappa_score(y_true, y_pred, labels=labels)),
         "auroc": macro_ovr_auroc(y_true, probs),
         "f1": float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
-        "referable_sensitivity": _ratio(
-            (referable_pred & referable_true).sum(), referable_true.sum()
-        ),
-        "referable_specificity": _ratio(
-            (~referable_pred & ~referable_true).sum(), (~referable_true).sum()
-        ),
     }
+    metrics["retfound"] = (metrics["f1"] + metrics["auroc"] + metrics["kappa_unweighted"]) / 3
+    referable_true, referable_pred = y_true >= REFERABLE_GRADE, y_pred >= REFERABLE_GRADE
+    metrics["argmax_referable_sensitivity"] = _ratio(
+        (referable_pred & referable_true).sum(), referable_true.sum()
+    )
+    metrics["argmax_referable_specificity"] = _ratio(
+        (~referable_pred & ~referable_true).sum(), (~referable_true).sum()
+    )
+    return metrics
 
 
 def _ratio(num: int, den: int) -> float:
     return float(num / den) if den else float("nan")
 
 
-def evaluation_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """classification_metrics plus per-grade sensitivity and referable-DR AUROC.
-
-    Referable AUROC scores each image by P(grade >= 2), the sum of its grade 2-4 probabilities.
-    Undefined values (e.g. sensitivity of a grade with no images) are NaN."""
+def evaluation_metrics(
+    y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
+    """Every evaluation metric (see the module docstring); with `threshold`, the referable-DR
+    operating point's sensitivity, specificity, PPV and NPV too. Undefined values are NaN."""
     y_true = np.asarray(y_true)
     weights = np.ones((1, len(y_true)))
-    return {k: float(v[0]) for k, v in weighted_metrics(y_true, probs, weights).items()}
+    return {k: float(v[0]) for k, v in weighted_metrics(y_true, probs, weights, threshold).items()}
 
 
-def bootstrap_indices(n_images: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Resampled image indices in (chunk, n_images) batches, drawn with replacement from one
+def resampling_units(patients: np.ndarray | None, n_images: int) -> tuple[str, np.ndarray]:
+    """('patient', each image's patient number) when some patient has several images, else
+    ('image', 0..N-1). Patients are numbered in order of first appearance."""
+    if patients is not None:
+        codes, uniques = pd.factorize(np.asarray(patients))
+        if len(uniques) < n_images:
+            return "patient", codes
+    return "image", np.arange(n_images)
+
+
+def bootstrap_indices(n_units: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Resampled unit indices in (chunk, n_units) batches, drawn with replacement from one
     seeded generator: row b of the concatenated batches is resample b."""
     rng = np.random.default_rng(seed)
     for start in range(0, n_resamples, RESAMPLE_CHUNK):
         rows = min(RESAMPLE_CHUNK, n_resamples - start)
-        yield rng.integers(0, n_images, size=(rows, n_images))
+        yield rng.integers(0, n_units, size=(rows, n_units))
+
+
+def bootstrap_weights(units: np.ndarray, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Image weights in (chunk, N) batches: weights[b, i] is how many times resample b drew the
+    unit (patient or image) that image i belongs to; `units` (N,) numbers the units 0..U-1."""
+    n_units = int(units.max()) + 1
+    for idx in bootstrap_indices(n_units, n_resamples, seed):
+        flat = (idx + n_units * np.arange(len(idx))[:, None]).ravel()
+        drawn = np.bincount(flat, minlength=idx.size).reshape(idx.shape)  # (chunk, U)
+        yield drawn[:, units].astype(float)
 
 
 def bootstrap_intervals(
@@ -78,38 +119,46 @@ def bootstrap_intervals(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-) -> dict[str, float | int]:
-    """Percentile bootstrap intervals of every evaluation metric, resampling images.
+    patients: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> dict[str, float | int | str]:
+    """Percentile bootstrap intervals of every evaluation metric.
 
-    Returns flat keys `<metric>_ci_low`, `<metric>_ci_high` and `<metric>_ci_n`, the number of
-    resamples used: a resample where the metric is undefined (e.g. no grade-4 image drawn) is
-    skipped for that metric only. Bounds are NaN when no resample defines the metric."""
+    Returns `ci_unit` ('patient' or 'image', see resampling_units), `ci_units` (how many),
+    `ci_resamples`, and per metric `<metric>_ci_low`, `<metric>_ci_high` and
+    `<metric>_ci_undefined`: the resamples where the metric was undefined, left out of its
+    interval. Bounds are NaN when no resample defines the metric."""
     y_true = np.asarray(y_true)
-    n = len(y_true)
+    unit, units = resampling_units(patients, len(y_true))
     values: dict[str, list[np.ndarray]] = defaultdict(list)
-    for idx in bootstrap_indices(n, n_resamples, seed):
-        # weights[b, i]: how many times resample b drew image i
-        flat = (idx + n * np.arange(len(idx))[:, None]).ravel()
-        weights = np.bincount(flat, minlength=idx.size).reshape(idx.shape).astype(float)
-        for name, v in weighted_metrics(y_true, probs, weights).items():
+    for weights in bootstrap_weights(units, n_resamples, seed):
+        for name, v in weighted_metrics(y_true, probs, weights, threshold).items():
             values[name].append(v)
     tail = 50.0 * (1.0 - level)
-    out: dict[str, float | int] = {}
+    out: dict[str, float | int | str] = {
+        "ci_unit": unit,
+        "ci_units": int(units.max()) + 1,
+        "ci_resamples": n_resamples,
+    }
     for name, chunks in values.items():
         v = np.concatenate(chunks)
-        v = v[np.isfinite(v)]
-        low, high = np.percentile(v, [tail, 100.0 - tail]) if v.size else (np.nan, np.nan)
+        defined = v[np.isfinite(v)]
+        low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan,) * 2
         out |= {f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)}
-        out[f"{name}_ci_n"] = int(v.size)
+        out[f"{name}_ci_undefined"] = int(v.size - defined.size)
     return out
 
 
 def weighted_metrics(
-    y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    weights: np.ndarray,
+    threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Evaluation metrics for B weightings of the same N images: weights (B, N) -> {name: (B,)}.
 
     A weighting counts image i weights[b, i] times, which is what a bootstrap resample does."""
+    y_true = np.asarray(y_true)
     n_classes = probs.shape[1]
     y_pred = probs.argmax(axis=1)
     # cm[b, t, p]: weight of images with true grade t predicted as p
@@ -120,27 +169,39 @@ def weighted_metrics(
     tp = np.diagonal(cm, axis1=1, axis2=2)  # (B, C)
     actual, predicted = cm.sum(axis=2), cm.sum(axis=1)  # (B, C) marginals
     grades = np.arange(n_classes)
-    penalty = (grades[:, None] - grades[None, :]) ** 2.0  # quadratic; its scale cancels
-    observed = (cm * penalty).sum(axis=(1, 2)) / total
-    expected = np.einsum("bi,ij,bj->b", actual, penalty, predicted) / total**2
+    present = np.unique(y_true)  # grades of the full data: a macro average needs all of them
+    complete = (actual[:, present] > 0).all(axis=1)  # (B,)
     f1_denominator = actual + predicted  # 2 TP + FP + FN; 0 only for a grade never seen
     f1 = np.divide(2 * tp, f1_denominator, out=np.zeros_like(tp), where=f1_denominator > 0)
-    r = REFERABLE_GRADE
+    grade_auroc = np.stack([_weighted_auroc(y_true == c, probs[:, c], weights) for c in present])
     with np.errstate(invalid="ignore", divide="ignore"):
         metrics = {
             "accuracy": 100.0 * tp.sum(axis=1) / total,
-            "kappa": 1.0 - observed / expected,
-            "auroc": _nanmean(
-                np.stack([_weighted_auroc(y_true == c, probs[:, c], weights) for c in grades])
-            ),
-            "f1": f1.mean(axis=1),
-            "referable_sensitivity": cm[:, r:, r:].sum(axis=(1, 2)) / cm[:, r:].sum(axis=(1, 2)),
-            "referable_specificity": cm[:, :r, :r].sum(axis=(1, 2)) / cm[:, :r].sum(axis=(1, 2)),
-            "referable_auroc": _weighted_auroc(y_true >= r, probs[:, r:].sum(axis=1), weights),
+            "kappa": _kappa(cm, actual, predicted, (grades[:, None] - grades[None, :]) ** 2.0),
+            "kappa_unweighted": _kappa(cm, actual, predicted, 1.0 - np.eye(n_classes)),
+            "auroc": np.where(complete, grade_auroc.mean(axis=0), np.nan),
+            "f1": np.where(complete, f1.mean(axis=1), np.nan),
         }
+        metrics["retfound"] = (metrics["f1"] + metrics["auroc"] + metrics["kappa_unweighted"]) / 3
+        metrics["ece"] = weighted_ece(y_true, probs, weights)
+        if n_classes > REFERABLE_GRADE:
+            referable = y_true >= REFERABLE_GRADE
+            metrics["referable_auroc"] = _weighted_auroc(referable, referable_score(probs), weights)
+            if threshold is not None:
+                metrics |= weighted_operating_point(y_true, probs, threshold, weights)
         for c in grades:
             metrics[f"sensitivity_grade_{c}"] = tp[:, c] / actual[:, c]
     return metrics
+
+
+def _kappa(
+    cm: np.ndarray, actual: np.ndarray, predicted: np.ndarray, penalty: np.ndarray
+) -> np.ndarray:
+    """Cohen's kappa per weighting with disagreement `penalty` (C, C); its scale cancels."""
+    total = cm.sum(axis=(1, 2))
+    observed = (cm * penalty).sum(axis=(1, 2)) / total
+    expected = np.einsum("bi,ij,bj->b", actual, penalty, predicted) / total**2
+    return 1.0 - observed / expected
 
 
 def _weighted_auroc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -157,11 +218,3 @@ def _weighted_auroc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray
     wins = (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1)
     pairs = w_pos.sum(axis=1) * w_neg.sum(axis=1)
     return np.divide(wins, pairs, out=np.full(len(w), np.nan), where=pairs > 0)
-
-
-def _nanmean(values: np.ndarray) -> np.ndarray:
-    """Mean over axis 0 ignoring NaN; NaN (without a warning) where all are NaN."""
-    defined = np.isfinite(values)
-    count = defined.sum(axis=0)
-    total = np.where(defined, values, 0.0).sum(axis=0)
-    return np.divide(total, count, out=np.full(values.shape[1], np.nan), where=count > 0)
