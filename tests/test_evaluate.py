@@ -87,6 +87,8 @@ def test_metrics_intervals_and_files(tmp_path, model):
         Image.open(out / "datasets" / name / "confusion_matrix.png").verify()
         Image.open(out / "datasets" / name / "reliability.png").verify()
     assert metrics["val"]["referable_sensitivity"] >= 0.9  # what the rule promised, on val
+    val_preds = pd.read_csv(out / "datasets/val/predictions.csv")
+    assert (val_preds["p_referable"] == threshold).any()  # a val score, written exactly
     # metrics.json stays valid JSON (NaN -> null) and keyed by dataset
     write_json_atomic(out / "metrics.json", metrics)
     assert set(json.loads((out / "metrics.json").read_text())) == {"val", "test", "b"}

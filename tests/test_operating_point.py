@@ -44,6 +44,9 @@ def test_youden_rule_by_hand():
     # thresholds 0.9, 0.8, 0.7, 0.6, 0.3, 0.2: sensitivity + specificity - 1 =
     # .25, .5, .25, .5, .75, .5 -> 0.3
     assert choose_threshold(GRADES, probs_with_score(SCORES), "youden", 0.9) == pytest.approx(0.3)
+    # a tie: positives 0.9, 0.8, negatives 0.85, 0.1 give 0.5 at both 0.9 and 0.8: the highest
+    tied = probs_with_score(np.array([0.9, 0.8, 0.85, 0.1]))
+    assert choose_threshold(np.array([2, 2, 0, 0]), tied, "youden", 0.9) == pytest.approx(0.9)
 
 
 def test_val_without_both_classes_is_a_clear_error():
