@@ -100,3 +100,41 @@ def test_randaugment_option_changes_training_images(mae_checkpoint):
     basic = run(model_for(mae_checkpoint), epochs=1).history
     strong = run(model_for(mae_checkpoint), epochs=1, cfg=TrainConfig(augment="randaugment"))
     assert strong.history[0]["train_loss"] != basic[0]["train_loss"]
+
+
+def test_logged_training_loss_averages_the_images_used(mae_checkpoint):
+    # 100 images at batch 16: the last 4 are dropped. A model that has not moved (learning rate
+    # ~0, near-zero head) gives every image cross-entropy ~log 5: so must the logged mean.
+    model = model_for(mae_checkpoint)
+    (row,) = run(model, epochs=1, lr=1e-12, cfg=TrainConfig(class_balance="none")).history
+    assert row["train_loss"] == pytest.approx(np.log(5), abs=2e-3)
+
+
+def test_a_partial_accumulation_group_is_averaged_over_its_own_batches(mae_checkpoint, monkeypatch):
+    """Three batches with grad_accum_steps 4 make one step: its gradient is the mean over the
+    three batches, the same as one batch of all their images."""
+    import retfound_hpo.train as train
+
+    monkeypatch.setattr(train, "augment", lambda x, generator: x)  # same pixels either way
+    grads = []
+
+    def recording_optimizer(*args, **kwargs):
+        opt = real_build(*args, **kwargs)
+        opt.register_step_pre_hook(
+            lambda o, *a: grads.append(
+                torch.cat([p.grad.flatten() for g in o.param_groups for p in g["params"]])
+            )
+        )
+        return opt
+
+    real_build = train.build_optimizer
+    monkeypatch.setattr(train, "build_optimizer", recording_optimizer)
+    cfg = ModelConfig(checkpoint=str(mae_checkpoint), input_size=32, drop_path_rate=0.0)
+    images = easy_images(48)
+    for batch, accum in ((16, 4), (48, 1)):
+        torch.manual_seed(0)
+        model = build_model(cfg, 8, 16, 0.0)
+        options = dict(cfg=TrainConfig(grad_accum_steps=accum, class_balance="none"))
+        run(model, epochs=1, train=images, batch_size=batch, **options)
+    assert len(grads) == 2
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

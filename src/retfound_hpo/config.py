@@ -13,7 +13,12 @@ from typing import Any, Literal
 import yaml
 
 from retfound_hpo.errors import ConfigError
-from retfound_hpo.space import LORA_TARGET_NAMES, check_search_space, normalize_search_space
+from retfound_hpo.space import (
+    LORA_TARGET_NAMES,
+    check_search_space,
+    fixed_params,
+    normalize_search_space,
+)
 
 DATA_FORMATS = ("aptos", "eyepacs", "messidor", "idrid", "csv")
 ARCHS = ("vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2")
@@ -87,9 +92,15 @@ class HpoConfig:
     early_stopping_patience: int = 3
     metric: Literal["accuracy", "kappa", "auroc", "f1", "retfound"] = "accuracy"
     multi_objective: bool = False  # also minimise trainable parameters (Pareto front; no pruning)
-    sampler: Literal["tpe", "random"] = "tpe"
-    sampler_startup_trials: int = 10  # TPE: random trials before it models the space
+    sampler: Literal["tpe", "gp", "random"] = "tpe"
+    sampler_startup_trials: int = 10  # TPE / GP: random trials before it models the space
+    # Hyperparameter sets run first (skipped when the study already holds them), by entry name.
+    enqueue_trials: tuple[dict[str, Any], ...] = ()
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    # What the pruner ranks trials by each epoch: "objective" (hpo.metric), another validation
+    # metric, or "loss" (class-balanced validation cross-entropy). The study's value stays
+    # hpo.metric.
+    prune_on: str = "objective"
     pruner_startup_trials: int = 3  # median: trials finished before any pruning
     pruner_warmup_epochs: int = 2  # median: epochs a trial always gets
     pruner_min_epochs: int = 1  # hyperband / successive halving: the smallest budget
@@ -100,6 +111,7 @@ class HpoConfig:
     storage: str | None = None  # null: <study_dir>/study.db; or postgresql://user@host/db
     heartbeat_seconds: int = 60  # a running trial silent for 2x this is failed (worker died)
     retry_failed_trials: int = 0  # re-runs of a dead worker's trial with the same parameters
+    keep_adapters: bool = False  # keep each trial's LoRA adapter (a few MB) as an artifact
 
     @property
     def study_dir(self) -> Path:
@@ -369,6 +381,8 @@ def _check_values(p: Params) -> None:
     for key in ("sampler_startup_trials", "pruner_startup_trials", "pruner_warmup_epochs"):
         _require(getattr(h, key) >= 0, f"hpo.{key}", getattr(h, key), "must be >= 0")
     _require(h.pruner_min_epochs >= 1, "hpo.pruner_min_epochs", h.pruner_min_epochs, "must be >= 1")
+    signals = ("objective", "loss", *METRICS)
+    _require(h.prune_on in signals, "hpo.prune_on", h.prune_on, f"choose one of {list(signals)}")
     _require(
         h.pruner_reduction_factor >= 2,
         "hpo.pruner_reduction_factor",
@@ -412,3 +426,5 @@ def _check_values(p: Params) -> None:
         "names must be unique and not 'test' or 'val' (the prepared splits, evaluated too)",
     )
     check_search_space(h.search_space)
+    for i, values in enumerate(h.enqueue_trials):
+        fixed_params(h.search_space, values, f"hpo.enqueue_trials[{i}]")

@@ -18,7 +18,8 @@ from retfound_hpo.config import Params
 from retfound_hpo.errors import UserError
 from retfound_hpo.model import build_model, count_trainable
 from retfound_hpo.space import suggest_hparams
-from retfound_hpo.train import CachedImages, NonFiniteLossError, fit
+from retfound_hpo.train import CachedImages, FitResult, NonFiniteLossError, fit
+from retfound_hpo.trial_artifacts import keep_trial_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,10 @@ def train_config(
     train: CachedImages,
     val: CachedImages,
     on_epoch_end=None,
+    progress: FitResult | None = None,
 ):
-    """Build the model for `hparams` and run the shared training loop; returns (model, result)."""
+    """Build the model for `hparams` and run the shared training loop; returns (model, result).
+    `progress`, if given, is filled as epochs finish (see fit)."""
     torch.manual_seed(params.seed)  # LoRA and head initialisation come from the seed too
     model = build_model(
         params.model,
@@ -101,8 +104,17 @@ def train_config(
         label_smoothing=hparams["label_smoothing"],
         layer_decay=hparams["layer_decay"],
         on_epoch_end=on_epoch_end,
+        result=progress,
     )
     return model, result
+
+
+def pruning_signal(row: dict[str, float], prune_on: str, metric: str) -> float:
+    """The per-epoch value the pruner ranks trials by (higher is better): the objective's
+    metric, another validation metric, or the class-balanced validation loss, negated."""
+    name = metric if prune_on == "objective" else prune_on
+    value = row[f"val_{name}"]
+    return -value if name == "loss" else value
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -142,14 +154,21 @@ def make_objective(params: Params, train: CachedImages, val: CachedImages):
             tracking.log_epoch(run, row)
             if hpo.multi_objective:  # Optuna's pruners rank one objective only
                 return
-            trial.report(row[f"val_{hpo.metric}"], epoch)
+            trial.report(pruning_signal(row, hpo.prune_on, hpo.metric), epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-        model = None
+        model, progress = None, FitResult()  # progress outlives a pruned run: its curve is kept
         try:
             model, result = train_config(
-                hparams, params, hpo.num_epochs, hpo.early_stopping_patience, train, val, report
+                hparams,
+                params,
+                hpo.num_epochs,
+                hpo.early_stopping_patience,
+                train,
+                val,
+                report,
+                progress,
             )
             trainable = count_trainable(model)
             device_type = next(model.parameters()).device.type
@@ -171,19 +190,18 @@ def make_objective(params: Params, train: CachedImages, val: CachedImages):
                 reason = f"out of memory at batch_size {hparams['batch_size']}: {reason}"
             trial.set_user_attr("fail_reason", reason)
             raise
-        finally:
+        finally:  # completed, pruned or failed: keep what the epochs showed
+            _record_progress(trial, progress)
+            adapter = model if hpo.keep_adapters else None
+            keep_trial_artifacts(trial, hpo.study_dir, progress, val.grades, adapter)
             tracking.finish(run)
             del model
             gc.collect()  # release memory now: an OOM trial must not starve the next one
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("trainable_params", trainable)
         trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
         trial.set_user_attr("peak_memory_mb", round(peak_memory_mb(device_type), 1))
-        for key, value in result.best_metrics.items():
-            trial.set_user_attr(f"val_{key}", value)
         if hpo.multi_objective:
             return result.best_metrics[hpo.metric], trainable
         return result.best_metrics[hpo.metric]
@@ -191,19 +209,41 @@ def make_objective(params: Params, train: CachedImages, val: CachedImages):
     return objective
 
 
+def _record_progress(trial: optuna.Trial, progress: FitResult) -> None:
+    """The trial's epochs so far: its learning curve and its best epoch's validation metrics
+    (for a pruned trial, the best it reached before it was stopped)."""
+    trial.set_user_attr("epochs_run", progress.epochs_run)
+    trial.set_user_attr("history", [_rounded(row) for row in progress.history])
+    if progress.best_metrics:
+        trial.set_user_attr("best_epoch", progress.best_epoch)
+        for key, value in progress.best_metrics.items():
+            trial.set_user_attr(f"val_{key}", value)
+
+
+def _rounded(row: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
+
+
 def make_sampler(
-    params: Params, previous_trials: int, worker_index: int = 0, parallel: bool = False
+    params: Params, previous_trials: int, worker_index: int = 0
 ) -> optuna.samplers.BaseSampler:
     # Reseeding with the trial count keeps a resumed search from replaying the first draws;
     # each worker draws from its own stream.
     seed = params.seed + previous_trials + 100_003 * worker_index
     if params.hpo.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if params.hpo.sampler == "gp":
+        # A Gaussian process over the space; its own docs recommend it for 10-100 trials of
+        # continuous, log-scale parameters. Conditional entries fall back to random draws.
+        return optuna.samplers.GPSampler(
+            seed=seed,
+            n_startup_trials=params.hpo.sampler_startup_trials,
+            warn_independent_sampling=False,
+        )
+    # constant_liar (Optuna 5's default, kept): running trials count as bad draws, so workers
+    # sharing the study spread out instead of drawing the same point.
     return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=params.hpo.sampler_startup_trials,
-        multivariate=True,
-        constant_liar=parallel,  # running trials count as bad draws: workers spread out
+        seed=seed, n_startup_trials=params.hpo.sampler_startup_trials, multivariate=True
     )
 
 

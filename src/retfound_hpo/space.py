@@ -213,6 +213,62 @@ def check_search_space(space: Any) -> None:
         earlier[name] = spec
 
 
+def _in_distribution(dist: dict, value: Any) -> bool:
+    if dist["type"] == "categorical":
+        return any(value == c and type(value) is type(c) for c in dist["choices"])
+    if dist["type"] == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        return False
+    if not _is_number(value) or not dist["low"] <= value <= dist["high"]:
+        return False
+    step = dist.get("step")
+    steps = (value - dist["low"]) / step if step else 0  # on the grid low, low + step, ...
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+
+def fixed_params(space: dict[str, dict], values: Any, key: str) -> dict[str, Any]:
+    """Optuna's parameters for one hyperparameter set given by entry name (`hpo.enqueue_trials`),
+    checked against the space: each value must be one a trial could draw. Entries left out are
+    drawn by the sampler."""
+    if not isinstance(values, dict) or not values:
+        _fail(key, values, "give a mapping of search-space entries to values")
+    unknown = [name for name in values if name not in space]
+    if unknown:
+        _fail(f"{key}.{unknown[0]}", unknown[0], f"not in hpo.search_space: {list(space)}")
+    drawn: dict[str, Any] = {}
+    fixed: dict[str, Any] = {}
+    for name, spec in space.items():
+        if name not in values:
+            continue
+        value = _as_number(values[name]) if name != "lora_targets" else values[name]
+        parents = [spec["condition"]] if "condition" in spec else []
+        parents += [case["when"] for case in spec.get("cases") or []]
+        for when in parents:
+            if when["param"] not in values:
+                _fail(f"{key}.{name}", value, f"{name} depends on {when['param']}: give it too")
+        if "condition" in spec and not _matches(spec["condition"], drawn):
+            cond = spec["condition"]
+            _fail(f"{key}.{name}", value, f"drawn only when {cond['param']} is in {cond['values']}")
+        dist, optuna_name = _applicable(name, spec, drawn)
+        if not _in_distribution(dist, value):
+            shown = (
+                dist["choices"] if dist["type"] == "categorical" else (dist["low"], dist["high"])
+            )
+            _fail(f"{key}.{name}", value, f"a trial draws {name} from {shown}")
+        drawn[name] = fixed[optuna_name] = value
+    return fixed
+
+
+def _applicable(name: str, spec: dict, drawn: dict[str, Any]) -> tuple[dict, str]:
+    """The distribution an entry draws from given earlier draws, and its name in Optuna."""
+    for case in spec.get("cases") or []:
+        if _matches(case["when"], drawn):
+            when = case["when"]
+            # Optuna needs one fixed distribution per name: a case gets a name of its own.
+            values = "/".join(str(v) for v in when["values"])
+            return {**spec, **case}, f"{name}|{when['param']}={values}"
+    return spec, name
+
+
 def _matches(when: dict, drawn: dict[str, Any]) -> bool:
     return when["param"] in drawn and drawn[when["param"]] in when["values"]
 
@@ -223,15 +279,7 @@ def suggest_hparams(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, An
     for name, spec in space.items():
         if "condition" in spec and not _matches(spec["condition"], drawn):
             continue  # not applicable: the default value is used
-        dist, optuna_name = spec, name
-        for case in spec.get("cases") or []:
-            if _matches(case["when"], drawn):
-                dist = {**spec, **case}
-                when = case["when"]
-                # Optuna needs one fixed distribution per name: a case gets a name of its own.
-                values = "/".join(str(v) for v in when["values"])
-                optuna_name = f"{name}|{when['param']}={values}"
-                break
+        dist, optuna_name = _applicable(name, spec, drawn)
         drawn[name] = _suggest(trial, optuna_name, dist)
     return drawn
 

@@ -22,6 +22,7 @@ from retfound_hpo.config import Params
 from retfound_hpo.errors import ConfigError
 from retfound_hpo.fingerprint import describe_changes, fingerprint_id
 from retfound_hpo.search import make_pruner, make_sampler
+from retfound_hpo.space import fixed_params
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,10 @@ def open_study(
     previous = 0
     if hpo.study_name in optuna.get_all_study_names(storage):
         previous = len(optuna.load_study(study_name=hpo.study_name, storage=storage).trials)
-    parallel = hpo.n_workers > 1 or hpo.storage is not None
     study = optuna.create_study(
         study_name=hpo.study_name,
         storage=storage,
-        sampler=make_sampler(params, previous, worker_index, parallel),
+        sampler=make_sampler(params, previous, worker_index),
         pruner=make_pruner(params),
         directions=["maximize", "minimize"] if hpo.multi_objective else ["maximize"],
         load_if_exists=True,
@@ -161,3 +161,21 @@ def open_study(
             hpo.metric,
         )
     return study
+
+
+def enqueue_known_good(study: optuna.Study, params: Params, counted: int) -> int:
+    """Queue each hpo.enqueue_trials set the study does not hold yet, while the budget has room
+    (hpo.n_trials counts them); returns how many were queued."""
+    hpo = params.hpo
+    held = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)]
+    queued = 0
+    for i, values in enumerate(hpo.enqueue_trials):
+        fixed = fixed_params(hpo.search_space, values, f"hpo.enqueue_trials[{i}]")
+        if fixed in held or counted + queued >= hpo.n_trials:
+            continue
+        study.enqueue_trial(fixed, user_attrs={"enqueued": i})
+        held.append(fixed)
+        queued += 1
+    if queued:
+        log.info("queued %d known-good hyperparameter set(s) to run first", queued)
+    return queued

@@ -18,6 +18,8 @@ from retfound_hpo.search import objective_column
 from retfound_hpo.study import safe_url, snapshot_url, storage_url
 
 GUIDE_HPARAMS = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout")
+# Trial attributes that are not trials.csv columns: lists and dicts, and internal marks.
+NOT_COLUMNS = ("hparams", "history", "setup_error")
 
 
 def drawn_hparams(trial: FrozenTrial, space: dict[str, Any]) -> dict[str, Any]:
@@ -33,9 +35,11 @@ def trials_table(study: optuna.Study, space: dict[str, Any], metric: str) -> pd.
     rows = []
     uncounted = uncounted_numbers(study, study.trials)
     for t in study.trials:
-        values = t.values or [None] * len(study.directions)
+        values = list(t.values or [None] * len(study.directions))
+        if t.state == TrialState.PRUNED:  # Optuna's value is the last pruning signal
+            values[0] = t.user_attrs.get(f"val_{metric}")  # the best before it was stopped
         drawn = drawn_hparams(t, space)
-        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("hparams", "setup_error")}
+        attrs = {k: v for k, v in t.user_attrs.items() if k not in NOT_COLUMNS}
         if t.state == TrialState.FAIL and not attrs.get("fail_reason"):
             attrs["fail_reason"] = "worker stopped sending heartbeats (killed or crashed)"
         if t.number in uncounted:

@@ -64,6 +64,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_metrics: dict[str, float] = field(default_factory=dict)
+    best_val_probs: np.ndarray | None = None  # (N_val, C) at the best epoch
     images_per_second: float = 0.0
 
     @property
@@ -149,6 +150,14 @@ def predict_proba(
     return torch.cat(out).numpy()
 
 
+def balanced_nll(grades: np.ndarray, probs: np.ndarray) -> float:
+    """Cross-entropy averaged per grade, then over the grades present: unlike the plain mean,
+    a model that predicts the majority grade well and the rare ones badly scores badly."""
+    grades = np.asarray(grades)
+    nll = -np.log(np.clip(probs[np.arange(len(grades)), grades], 1e-12, None))  # (N,)
+    return float(np.mean([nll[grades == g].mean() for g in np.unique(grades)]))
+
+
 def _train_loader(
     data: CachedImages,
     batch_size: int,
@@ -194,12 +203,15 @@ def fit(
     label_smoothing: float = 0.0,
     layer_decay: float = 1.0,
     on_epoch_end: EpochCallback | None = None,
+    result: FitResult | None = None,
 ) -> FitResult:
     """Train the trainable parameters of `model`; validate each epoch; keep the best epoch.
 
     Stops after `patience` epochs without improvement of val `metric`. `on_epoch_end` receives
-    (epoch, row) and may raise (e.g. optuna.TrialPruned) to stop the run. The optimizer steps
-    every `cfg.grad_accum_steps` batches (effective batch = batch_size x grad_accum_steps).
+    (epoch, row) and may raise (e.g. optuna.TrialPruned) to stop the run; a `result` passed in
+    is filled as epochs finish, so such a caller keeps the history and the best epoch's
+    validation probabilities. The optimizer steps every `cfg.grad_accum_steps` batches
+    (effective batch = batch_size x grad_accum_steps).
     """
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
@@ -228,11 +240,13 @@ def fit(
     scheduler = warmup_cosine(optimizer, warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    result, best_state, bad_epochs, seen, train_time = FitResult(), None, 0, 0, 0.0
+    result = FitResult() if result is None else result
+    best_state, bad_epochs, seen, train_time = None, 0, 0, 0.0
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        epoch_images = 0
         batches = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None)
         for step, (x, y) in enumerate(batches, start=1):
             x = normalize(x.to(device, non_blocking=True))  # (B, 3, S, S)
@@ -240,27 +254,32 @@ def fit(
             x = augment(x, aug_generator)
             with _autocast(device, dtype):
                 loss = criterion(model(x).float(), y)
-            scaler.scale(loss / accum).backward()
+            # The gradient of an optimizer step is the mean over its batches; the epoch's last
+            # group may hold fewer than `accum` of them.
+            group = min(accum, len(loader) - (step - 1) // accum * accum)
+            scaler.scale(loss / group).backward()
             if step % accum == 0 or step == len(loader):  # accumulate, then one optimizer step
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
             loss_sum += loss.detach() * len(y)
-            seen += len(y)
+            epoch_images += len(y)
             if step % CHECK_EVERY == 0 or step == len(loader):  # one GPU sync per CHECK_EVERY
                 if not math.isfinite(loss_sum.item()):
                     raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}")
         epoch_time = time.perf_counter() - start
         train_time += epoch_time
+        seen += epoch_images
 
         probs = predict_proba(
             model, val_data.images, cfg.eval_batch_size, device, cfg.amp, desc="validate"
         )
         val = classification_metrics(val_data.grades, probs)
+        val["loss"] = balanced_nll(val_data.grades, probs)
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / max(1, len(loader.dataset)),
+            "train_loss": loss_sum.item() / max(1, epoch_images),  # images used (drop_last)
             "lr": max(g["lr"] for g in optimizer.param_groups),  # the head's, with layer decay
             "epoch_seconds": epoch_time,
             **{f"val_{k}": v for k, v in val.items()},
@@ -269,6 +288,7 @@ def fit(
         improved = not result.best_metrics or val[metric] > result.best_metrics[metric]
         if improved:
             result.best_epoch, result.best_metrics, bad_epochs = epoch, val, 0
+            result.best_val_probs = probs
             best_state = copy.deepcopy(
                 {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
             )

@@ -33,7 +33,7 @@ from retfound_hpo.config import Params, dump_params, load_params
 from retfound_hpo.fingerprint import study_fingerprint
 from retfound_hpo.preflight import run_preflight
 from retfound_hpo.search import make_objective
-from retfound_hpo.study import open_study, storage_url
+from retfound_hpo.study import enqueue_known_good, open_study, storage_url
 from retfound_hpo.train import CachedImages
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,7 @@ def run_search(params: Params, train: CachedImages, val: CachedImages) -> tuple[
     hpo = params.hpo
     fingerprint = study_fingerprint(params, train, val)
     study = open_study(params, fingerprint)
+    enqueue_known_good(study, params, budget(study).counted)
     left = to_run(study, params)
     log.info(
         "study %s: %d finished trial(s), %d to run, %d worker(s) here",
