@@ -1,5 +1,7 @@
-"""The prepare-split stage end to end: bad input stops it before any cache, in one line."""
+"""The prepare-split stage end to end: bad input stops it before any cache, in one line;
+duplicate photographs share a split and are reported."""
 
+import dataclasses
 import logging
 import re
 import subprocess
@@ -11,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from test_duplicates import copy_of, eye
 from test_preprocess import assert_no_cache
 
 from conftest import fundus_like
@@ -227,3 +230,121 @@ def test_stage_script_grade_above_num_classes_is_one_line(tmp_path):
         f"error: model.num_classes: 4 is not allowed; {tmp_path / 'aptos' / 'train.csv'} row 6 "
         "has grade 4 (set model.num_classes: 5)"
     )
+
+
+# Planted duplicates: 25 distinct eyes (grades 0-4) and copies of three of them, one regraded.
+PLANTED = {  # copy id: (original index, how it was copied, its grade)
+    "c0resized": (0, {"scale": 0.6, "quality": 75}, 0),
+    "c1regraded": (1, {"scale": 1.5}, 2),  # the original is grade 1: a conflict
+    "c2jpeg": (2, {"quality": 90}, 2),
+    "c2small": (2, {"scale": 0.5}, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """An APTOS folder with planted copies, and a Messidor-2 set holding one copy of eye 5."""
+    root = tmp_path_factory.mktemp("planted")
+    (root / "aptos" / "train_images").mkdir(parents=True)
+    eyes = {f"eye{i:02d}": (eye(i, i % 5), i % 5) for i in range(25)}
+    copies = {
+        name: (copy_of(eyes[f"eye{i:02d}"][0], **how), g) for name, (i, how, g) in PLANTED.items()
+    }
+    rows = []
+    for name, (image, grade) in {**eyes, **copies}.items():
+        Image.fromarray(image).save(
+            root / "aptos" / "train_images" / f"{name}.png", compress_level=1
+        )
+        rows.append(f"{name},{grade}\n")
+    (root / "aptos" / "train.csv").write_text("id_code,diagnosis\n" + "".join(rows))
+    (root / "messidor" / "IMAGES").mkdir(parents=True)
+    external = [copy_of(eyes["eye05"][0], scale=0.8)] + [eye(100 + i) for i in range(3)]
+    for i, image in enumerate(external):
+        Image.fromarray(image).save(root / "messidor" / "IMAGES" / f"IM{i}.jpg", quality=90)
+    (root / "messidor" / "messidor_data.csv").write_text(
+        "image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable\n"
+        + "".join(f"IM{i}.jpg,0,0,1\n" for i in range(4))
+    )
+    return root
+
+
+def planted_params(tmp_path, planted, **data):
+    ds = {
+        "name": "domain_b",
+        "format": "messidor",
+        "csv": str(planted / "messidor" / "messidor_data.csv"),
+        "images": str(planted / "messidor" / "IMAGES"),
+    }
+    return stage_params(
+        tmp_path,
+        model={"input_size": 96},
+        evaluate={"datasets": [ds]},
+        val_fraction=0.25,  # 4 patients per grade suffice
+        test_fraction=0.25,
+        csv=str(planted / "aptos" / "train.csv"),
+        images=str(planted / "aptos" / "train_images"),
+        **data,
+    )
+
+
+def split_of_each_id(tmp_path) -> dict[str, str]:
+    where = {}
+    for name in ("train", "val", "test"):
+        split = pd.read_csv(tmp_path / "splits" / f"{name}.csv", dtype={"id": str})
+        _, index = load_prepared(tmp_path / "prepared" / name)
+        assert split["id"].tolist() == index["id"].tolist()
+        where.update(dict.fromkeys(split["id"], name))
+    return where
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planted_duplicates_share_a_split_and_are_reported(tmp_path, planted, caplog, seed):
+    params = planted_params(tmp_path, planted)
+    with caplog.at_level(logging.INFO):
+        summary = prepare_split(dataclasses.replace(params, seed=seed))
+    where = split_of_each_id(tmp_path)
+    assert len(where) == 29
+    groups = [["eye00", "c0resized"], ["eye01", "c1regraded"], ["eye02", "c2jpeg", "c2small"]]
+    for group in groups:
+        assert len({where[i] for i in group}) == 1, group
+    report = summary["duplicates"]
+    assert sorted(sorted(g["ids"]) for g in report["group_list"]) == sorted(map(sorted, groups))
+    assert (report["groups"], report["images"], report["conflicting_groups"]) == (3, 7, 1)
+    assert report["dropped_images"] == 0
+    (conflict,) = [g for g in report["group_list"] if g["conflicting"]]
+    assert sorted(zip(conflict["ids"], conflict["grades"], strict=True)) == [
+        ("c1regraded", 2), ("eye01", 1)
+    ]  # fmt: skip
+    assert conflict["rows"] == [3, 28]  # eye01 is line 3 of train.csv, c1regraded line 28
+    assert conflict["split"] == where["eye01"] and not conflict["dropped"]
+    # The evaluation set's copy of eye05 is reported with the split that holds eye05.
+    (pair,) = report["cross_dataset"]["domain_b"]["pairs"]
+    assert (pair["id"], pair["row"], pair["duplicate_of"]) == ("IM0.jpg", 2, "eye05")
+    assert pair["split"] == where["eye05"]
+    logged = [r.getMessage() for r in caplog.records]
+    assert (
+        "duplicates: 3 group(s) of 7 images, 1 with conflicting grades; evaluation images that "
+        "duplicate split images: domain_b 1"
+    ) in logged
+    assert sum(m.startswith("duplicate group ") for m in logged) == 3
+    assert any(m.startswith("domain_b: IM0.jpg (row 2, grade 0) duplicates eye05") for m in logged)
+
+
+def test_drop_conflicting_drops_the_conflicting_group(tmp_path, planted):
+    summary = prepare_split(planted_params(tmp_path, planted, duplicates="drop_conflicting"))
+    where = split_of_each_id(tmp_path)
+    assert len(where) == 27 and "eye01" not in where and "c1regraded" not in where
+    assert where["eye02"] == where["c2jpeg"] == where["c2small"]
+    report = summary["duplicates"]
+    assert (report["groups"], report["dropped_images"]) == (3, 2)
+    assert [g["dropped"] for g in report["group_list"]] == [
+        g["conflicting"] for g in report["group_list"]
+    ]
+    assert sum(summary[s]["images"] for s in ("train", "val", "test")) == 27
+
+
+def test_no_pool_is_left_behind(tmp_path, planted):
+    prepare_split(planted_params(tmp_path, planted))
+    assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == [
+        "domain_b", "test", "train", "val"
+    ]  # fmt: skip

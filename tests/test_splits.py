@@ -79,3 +79,24 @@ def test_too_rare_grade_names_the_labels_file():
     t.loc[0, "grade"] = 4
     with pytest.raises(DatasetError, match=r"^labels.csv: grade 4 has 1 .*1 grade\(s\) too rare"):
         split_dataset(t, 0.15, 0.15, seed=0, source="labels.csv")
+
+
+def test_units_stay_in_one_split_whatever_the_seed():
+    t = table()  # 200 patients, two eyes each
+    # Merge patients in threes, as duplicate photographs of different patients would.
+    units = t["patient"].map(lambda p: f"u{int(p) // 3}")
+    for seed in range(20):
+        splits = split_dataset(t, 0.15, 0.15, seed, units=units)
+        owners = [set(units.loc[part.index]) for part in splits.values()]
+        assert not owners[0] & owners[1] and not owners[0] & owners[2] and not owners[1] & owners[2]
+        assert sum(len(p) for p in splits.values()) == 400
+
+
+def test_too_rare_grade_counts_units_not_patients():
+    t = table(80, eyes=1)  # 10 patients of grade 4
+    fours = t.index[t["grade"] == 4]
+    units = t["patient"].copy()
+    units.loc[fours] = [f"merged{i // 2}" for i in range(len(fours))]  # 5 units of grade 4
+    split_dataset(t, 0.15, 0.15, seed=0)  # 10 patients are enough
+    with pytest.raises(DatasetError, match="grade 4 has 5 patient"):
+        split_dataset(t, 0.15, 0.15, seed=0, units=units)

@@ -51,6 +51,10 @@ class DataConfig:
     extension: str | None = None  # e.g. ".png"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Near-duplicate photographs (perceptual hash) always share a split; drop_conflicting also
+    # drops every image of a group whose grades disagree.
+    duplicates: Literal["keep", "drop_conflicting"] = "keep"
+    duplicate_distance: int = 60  # most hash bits (of 256) in which duplicates differ
     prepared_dir: str = "data/prepared"
     splits_dir: str = "data/splits"
     demo: DemoConfig = field(default_factory=DemoConfig)
@@ -313,6 +317,12 @@ def _check_values(p: Params) -> None:
         ("data.test_fraction", d.test_fraction),
     ):
         _require(0 < frac < 0.5, key, frac, "must be between 0 and 0.5")
+    _require(  # past 128 bits two hashes agree less than unrelated images do
+        0 <= d.duplicate_distance <= 128,
+        "data.duplicate_distance",
+        d.duplicate_distance,
+        "must be 0-128 (bits of the 256-bit hash; 0: identical hashes only)",
+    )
     _require(d.demo.n_domain_a >= 20, "data.demo.n_domain_a", d.demo.n_domain_a, "must be >= 20")
     _require(d.demo.n_domain_b >= 0, "data.demo.n_domain_b", d.demo.n_domain_b, "must be >= 0")
     _require(d.demo.lesion_scale > 0, "data.demo.lesion_scale", d.demo.lesion_scale, "must be > 0")

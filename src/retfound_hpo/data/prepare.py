@@ -1,4 +1,4 @@
-"""The prepare-split stage's work: demo data, reading, splitting, and the preprocessed caches."""
+"""The prepare-split stage's work: demo data, reading, duplicates, splitting, and the caches."""
 
 from __future__ import annotations
 
@@ -6,17 +6,29 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from retfound_hpo.config import DataConfig, EvalDataset, Params
+from retfound_hpo.data.duplicates import (
+    cross_duplicates,
+    drop_conflicting,
+    duplicates_summary,
+    find_duplicates,
+    hash_images,
+    log_duplicates,
+    split_units,
+)
 from retfound_hpo.data.formats import OPTIONS, read_dataset
-from retfound_hpo.data.preprocess import load_prepared, prepare_images
-from retfound_hpo.data.splits import split_dataset, summarize_splits
+from retfound_hpo.data.preprocess import PreparedImages, load_prepared, prepare_images
+from retfound_hpo.data.splits import check_stratifiable, split_dataset, summarize_splits
 from retfound_hpo.data.synthetic import write_demo_datasets
 from retfound_hpo.errors import ConfigError
 from retfound_hpo.io import write_text_atomic
 
 log = logging.getLogger(__name__)
+
+POOL = ".unsplit"  # the decoded training data, under prepared_dir while the stage runs
 
 
 def reader_options(cfg: DataConfig | EvalDataset) -> dict:
@@ -45,6 +57,28 @@ def _prepare(
     return part[part["id"].isin(kept)]
 
 
+def _cut(pool: PreparedImages, positions: np.ndarray, part: pd.DataFrame, out: Path) -> None:
+    """Write the prepared set of `part` from the pool's images at `positions`, whole or not at
+    all (built in `<out>.tmp`, as prepare_images does)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        images = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(part), *pool.shape[1:])
+        )
+        for i, position in enumerate(positions):
+            images[i] = pool[position]
+        images.flush()
+        del images
+        part[["id", "grade", "patient", "path"]].to_csv(tmp / "index.csv", index=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+
+
 def prepare_split(params: Params) -> dict:
     """Write split CSVs and prepared caches for the training data and every evaluation set."""
     data, size = params.data, params.model.input_size
@@ -68,25 +102,55 @@ def prepare_split(params: Params) -> dict:
     }
     labels = [(data.csv, table)] + [(ds.csv, external[ds.name]) for ds in params.evaluate.datasets]
     check_grades(labels, params.model.num_classes)
-    splits = split_dataset(table, data.val_fraction, data.test_fraction, params.seed, data.csv)
+    patients = table["grade"].groupby(table["patient"]).max()  # duplicates can only merge them
+    check_stratifiable(patients, data.val_fraction, data.test_fraction, data.csv)
 
-    # Images are decoded only here, so a split CSV is written after its cache (skipped images
-    # leave both). All sets or none: a failure removes what this run wrote before it.
+    # The training data is decoded once, into a pool that the duplicate hash reads and the split
+    # caches are cut from. A split CSV is written after its cache (skipped images leave both).
+    # All sets or none: a failure removes what this run wrote before it.
     prepared, done, written = Path(data.prepared_dir), {}, []
+    pool_dir = prepared / POOL
     try:
+        written.append(pool_dir)
+        table = _prepare(table, pool_dir, size, data)
+        pool = load_prepared(pool_dir)[0]
+        position = pd.Series(np.arange(len(table)), index=table.index)  # row -> pool image
+        hashes = hash_images(pool)  # (N, 32), in table order
+        records = find_duplicates(table, hashes, data.duplicate_distance)
+        if data.duplicates == "drop_conflicting":
+            table = drop_conflicting(table, records)
+        units = split_units(table, records)  # patients, merged where they share duplicates
+        splits = split_dataset(
+            table, data.val_fraction, data.test_fraction, params.seed, data.csv, units
+        )
+        split_hashes = {}
         for name, part in splits.items():
+            positions = position.loc[part.index].to_numpy()
             written.append(prepared / name)
-            done[name] = _prepare(part, prepared / name, size, data)
+            _cut(pool, positions, part, prepared / name)
+            split_hashes[name], done[name] = hashes[positions], part
             written.append(Path(data.splits_dir) / f"{name}.csv")
-            write_text_atomic(written[-1], done[name].to_csv(index=False))
+            write_text_atomic(written[-1], part.to_csv(index=False))
+        report = duplicates_summary(records, splits)
+        # An evaluation image that copies a split image is not independent evidence: report it.
         for ds in params.evaluate.datasets:
             written.append(prepared / ds.name)
             done[ds.name] = _prepare(external[ds.name], prepared / ds.name, size, ds)
+            report["cross_dataset"][ds.name] = cross_duplicates(
+                done[ds.name],
+                hash_images(load_prepared(prepared / ds.name)[0]),
+                splits,
+                split_hashes,
+                data.duplicate_distance,
+            )
     except BaseException:
         for path in written:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
                 missing_ok=True
             )
         raise
+    finally:
+        shutil.rmtree(pool_dir, ignore_errors=True)
+    log_duplicates(report)
     summary = summarize_splits(done, params.model.num_classes)
-    return {"image_size": size, **summary}
+    return {"image_size": size, **summary, "duplicates": report}

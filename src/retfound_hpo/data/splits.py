@@ -14,22 +14,12 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def split_dataset(
-    table: pd.DataFrame,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    source: str | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Split images so that each patient lands in exactly one split, stratified by grade.
-
-    A patient's stratum is their worst grade, so both eyes follow the more severe one. Each part
-    keeps the table's index (read_dataset's labels-file lines). `source` names the labels file
-    in errors.
-    """
-    patients = table.groupby("patient")["grade"].max()
-    counts = patients.value_counts()
-    # Each split needs at least one patient of every grade it stratifies on.
+def check_stratifiable(
+    strata: pd.Series, val_fraction: float, test_fraction: float, source: str | None = None
+) -> None:
+    """Stop unless every grade has enough split units (`strata`: each unit's grade) to reach
+    every split."""
+    counts = strata.value_counts()
     needed = max(2, round(1 / min(val_fraction, test_fraction)))
     rare = counts[counts < needed]
     if not rare.empty:
@@ -39,16 +29,36 @@ def split_dataset(
             f"splitting needs at least {needed} per grade; {len(rare)} grade(s) too rare "
             "(lower data.val_fraction / data.test_fraction or add data)"
         )
+
+
+def split_dataset(
+    table: pd.DataFrame,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    source: str | None = None,
+    units: pd.Series | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Split images so that each patient lands in exactly one split, stratified by grade.
+
+    `units` (aligned with the table) names what must stay together, default the patient; a
+    unit's stratum is its worst grade, so both eyes follow the more severe one. Each part keeps
+    the table's index (read_dataset's labels-file lines). `source` names the labels file in
+    errors.
+    """
+    units = table["patient"] if units is None else units
+    strata = table["grade"].groupby(units).max()  # (units,)
+    check_stratifiable(strata, val_fraction, test_fraction, source)
     rest, test = train_test_split(
-        patients.index, test_size=test_fraction, stratify=patients.values, random_state=seed
+        strata.index, test_size=test_fraction, stratify=strata.values, random_state=seed
     )
     val_share = val_fraction / (1 - test_fraction)
     train, val = train_test_split(
-        rest, test_size=val_share, stratify=patients.loc[rest].values, random_state=seed + 1
+        rest, test_size=val_share, stratify=strata.loc[rest].values, random_state=seed + 1
     )
     out = {}
     for name, ids in zip(SPLITS, (train, val, test), strict=True):
-        part = table[table["patient"].isin(set(ids))].sort_values("id")
+        part = table[units.isin(set(ids))].sort_values("id")
         out[name] = part
         log.info(
             "%s: %d images, grades %s",
