@@ -44,6 +44,12 @@ def parse_arm(text: str) -> dict:
     return out
 
 
+def search_inputs(params: dict) -> dict:
+    """What hpo-search reads: a change elsewhere in params.yaml leaves a kept run valid."""
+    keys = ("seed", "model", "train", "hpo")
+    return {**{k: params[k] for k in keys}, "prepared": params["data"]["prepared_dir"]}
+
+
 def best_after(table: pd.DataFrame, counts: list[int]) -> dict[int, float | None]:
     """The best completed trial's objective among the first k trials, for each k."""
     out = {}
@@ -61,7 +67,7 @@ def run_arm(cache: Path, seed: int, n_trials: int, overrides: dict) -> dict:
     summary = workdir / "arm.json"
     if summary.is_file():
         kept = json.loads(summary.read_text())
-        if kept["params"] == params:
+        if search_inputs(kept["params"]) == search_inputs(params):
             return kept
     shutil.rmtree(workdir, ignore_errors=True)  # an interrupted or outdated run: start over
     _, seconds = run_hpo_search(workdir, params)
@@ -80,7 +86,7 @@ def run_arm(cache: Path, seed: int, n_trials: int, overrides: dict) -> dict:
         "seconds": round(seconds, 1),
     }
     summary.write_text(json.dumps(result, indent=2))
-    return result
+    return json.loads(summary.read_text())  # as a later read gives it (string keys)
 
 
 def study_histories(cache: Path, seed: int, n_trials: int, overrides: dict) -> list[dict]:

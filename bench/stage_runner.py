@@ -16,9 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def demo_params(**hpo) -> dict:
-    """The repository's params.yaml, its paths made absolute, with `hpo` overrides."""
+    """The repository's params.yaml, its paths made absolute, with `hpo` overrides. The
+    prepared data are the repository's, or a copy named by RETFOUND_BENCH_PREPARED (so that a
+    long benchmark does not see them change under it)."""
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params["data"]["prepared_dir"] = str(REPO / params["data"]["prepared_dir"])
+    prepared = os.environ.get("RETFOUND_BENCH_PREPARED", REPO / params["data"]["prepared_dir"])
+    params["data"]["prepared_dir"] = str(prepared)
     params["model"]["checkpoint"] = str(REPO / params["model"]["checkpoint"])
     params["hpo"].update(output_dir="optuna", **hpo)
     return params
