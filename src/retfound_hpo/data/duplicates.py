@@ -2,18 +2,19 @@
 
 The hash reads the vessel pattern, which tells one eye from another, not the overall look:
 fundus photographs are all a bright disc with an optic disc and a dark macula, so a classic
-low-frequency pHash (DCT 8x8) gives distinct eyes of one camera near-identical hashes. From
-the prepared image (already cropped to the retina, squared and resized, so resizing and border
-differences are gone) it takes the central square of the disc in the green channel, maps dark
-thin structures (vessels, haemorrhages) with a black top-hat, averages the map on a 16 x 16 grid
-and sets a bit per cell above the median: 256 bits. Recompression and resampling move a few
-cells across the median; another eye moves about half of them.
+64-bit DCT pHash gives different eyes of one camera hashes 2 bits apart (demo camera A) while
+a JPEG copy can differ by 16. From the prepared image (already cropped to the retina, squared
+and resized, so the source resolution no longer matters) it takes the central square of the
+disc in the green channel, keeps what is darker than its blurred surroundings (vessels,
+haemorrhages), averages that on a 16 x 16 grid and sets a bit per cell above the median: 256
+bits. Recompression and resampling move a few cells across the median; another eye about half.
 
-Calibration on the demo (96 px prepared images): between the 1,500 different camera-A images
-the smallest distance is 74 bits (0.01 % of pairs are under 84), between camera A and the 400
-camera-B images 70; a copy resized to 50-150 % or re-saved as JPEG at quality 70-90 is at most
-42 bits from its original, resized to 60 % at quality 75 44, resized to 40 % at quality 60 56.
-The default data.duplicate_distance, 60, sits between.
+Calibration on the demo, 96 px prepared images: between the 1,500 camera-A images the smallest
+distance is 74 bits (0.01 % of pairs are under 84), between camera A and the 400 camera-B
+images 70. A copy resized to 50-150 % or re-saved as JPEG at quality 70-90 is at most 42 bits
+from its original, resized to 60 % at quality 75 44, resized to 40 % at quality 60 56. At
+224 px (400 images) copies are closer (at most 32; 48 for 40 % at quality 60), different eyes
+at least 78 apart. The default data.duplicate_distance, 60, sits between.
 """
 
 from __future__ import annotations
