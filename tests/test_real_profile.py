@@ -126,7 +126,7 @@ def test_readme_real_profile_runs_every_stage(tmp_path):
     model_config = json.loads((repo / "models/best_model/model_config.json").read_text())
     assert model_config["model"]["checkpoint"] == "models/RETFound_cfp_weights.pth"
     metrics = json.loads((repo / "results/eval/metrics.json").read_text())
-    assert set(metrics) == {"test", "eyepacs"} and metrics["eyepacs"]["n_images"] == 10
+    assert set(metrics) == {"val", "test", "eyepacs"} and metrics["eyepacs"]["n_images"] == 10
     preds = pd.read_csv(repo / "results/eval/datasets/eyepacs/predictions.csv")
     assert sorted(preds["id"]) == sorted(
         f"{10 + p}_{e}" for p in range(5) for e in ("left", "right")
