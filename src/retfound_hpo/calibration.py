@@ -54,17 +54,8 @@ def reliability_png(y_true: np.ndarray, probs: np.ndarray, title: str) -> bytes:
         2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     ax.bar(left, np.nan_to_num(accuracy), width, align="edge", edgecolor="black", label="accuracy")
-    gap = np.nan_to_num(confidence - accuracy)  # red above a bar: over-confident there
-    ax.bar(
-        left,
-        gap,
-        width,
-        bottom=np.nan_to_num(accuracy),
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        label="gap to confidence",
-    )
+    # the distance from a bar's top down (or up) to its marker is that bin's calibration gap
+    ax.plot(left + width / 2, confidence, "rx", label="mean confidence")
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set(title=title, ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
