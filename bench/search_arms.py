@@ -102,3 +102,21 @@ def study_histories(cache: Path, seed: int, n_trials: int, overrides: dict) -> l
         {"number": t.number, "state": t.state.name, "history": t.user_attrs.get("history", [])}
         for t in study.trials
     ]
+
+
+def main() -> None:
+    """Run (or read back) one arm and print what it measured: for queues of long runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run one demo search arm; prints JSON.")
+    parser.add_argument("--arm", default="", help="hpo overrides, e.g. pruner=median,prune_on=loss")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--n-trials", type=int, default=24)
+    parser.add_argument("--cache", type=Path, default=Path(".bench_cache"))
+    args = parser.parse_args()
+    result = run_arm(args.cache, args.seed, args.n_trials, parse_arm(args.arm))
+    print(json.dumps({k: v for k, v in result.items() if k != "params"}))
+
+
+if __name__ == "__main__":
+    main()
