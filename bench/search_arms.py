@@ -59,17 +59,31 @@ def best_after(table: pd.DataFrame, counts: list[int]) -> dict[int, float | None
     return out
 
 
-def run_arm(cache: Path, seed: int, n_trials: int, overrides: dict) -> dict:
-    """Run (or read back) one demo search; returns what it measured."""
+def run_arm(cache: Path, seed: int, n_trials: int, overrides: dict, resume: bool = False) -> dict:
+    """Run (or read back) one demo search; returns what it measured.
+
+    resume: an interrupted run's study is kept and the stage resumes it (its dead trial is
+    retried), instead of starting over; cheaper, but the sampler's draws after the restart differ
+    from an uninterrupted run's, so the arm is marked `resumed`.
+    """
     params = demo_params(n_trials=n_trials, **{**BASE, **overrides})
     params["seed"] = seed
     workdir = cache / f"seed{seed}-n{n_trials}-{arm_label(overrides)}"
     summary = workdir / "arm.json"
     if summary.is_file():
         kept = json.loads(summary.read_text())
-        if search_inputs(kept["params"]) == search_inputs(params):
+        before, now = search_inputs(kept["params"]), search_inputs(params)
+        if before == now:
             return kept
-    shutil.rmtree(workdir, ignore_errors=True)  # an interrupted or outdated run: start over
+        # A kept run can be an hour of CPU: never delete it because of a mistake here (e.g.
+        # RETFOUND_BENCH_PREPARED unset); the user deletes it to rerun.
+        changed = sorted(k for k in now if before.get(k) != now.get(k))
+        raise SystemExit(
+            f"{workdir}: kept run made with other {', '.join(changed)}; delete it to rerun"
+        )
+    resumed = resume and (workdir / "optuna").is_dir()
+    if not resumed:
+        shutil.rmtree(workdir, ignore_errors=True)  # an interrupted or outdated run: start over
     _, seconds = run_hpo_search(workdir, params)
     table = trials(workdir, params)
     completed = table[table["state"] == "COMPLETE"]
@@ -84,6 +98,7 @@ def run_arm(cache: Path, seed: int, n_trials: int, overrides: dict) -> dict:
         "best_value": round(float(completed["objective"].max()), 2),
         "best_after": best_after(table, sorted({8, 16, n_trials} & set(range(1, n_trials + 1)))),
         "seconds": round(seconds, 1),
+        **({"resumed": True} if resumed else {}),
     }
     summary.write_text(json.dumps(result, indent=2))
     return json.loads(summary.read_text())  # as a later read gives it (string keys)
@@ -113,8 +128,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--n-trials", type=int, default=24)
     parser.add_argument("--cache", type=Path, default=Path(".bench_cache"))
+    parser.add_argument("--resume", action="store_true", help="resume an interrupted run's study")
     args = parser.parse_args()
-    result = run_arm(args.cache, args.seed, args.n_trials, parse_arm(args.arm))
+    result = run_arm(args.cache, args.seed, args.n_trials, parse_arm(args.arm), args.resume)
     print(json.dumps({k: v for k, v in result.items() if k != "params"}))
 
 

@@ -33,7 +33,7 @@ def run_hpo_search(workdir: Path, params: dict) -> tuple[float, float]:
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "TQDM_DISABLE": "1"}
     start = time.perf_counter()
-    with open(workdir / "stage.log", "wb") as log:
+    with open(workdir / "stage.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, str(REPO / "stages/hpo_search.py")],
             cwd=workdir,
