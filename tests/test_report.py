@@ -78,6 +78,7 @@ def objective(trial: optuna.Trial) -> float:
     trial.set_user_attr("val_accuracy", score)
     trial.set_user_attr("val_kappa", 0.5)
     trial.set_user_attr("trainable_params", 1234)
+    trial.set_user_attr("history", [{"epoch": e + 1, "val_accuracy": score} for e in range(epochs)])
     return score
 
 
@@ -146,6 +147,7 @@ def test_best_trial_and_top10(full):
     params = dict(table(best_section.split("| User attribute")[0]))
     assert {k: float(v) for k, v in params.items()} == pytest.approx(best.params, rel=1e-5)
     assert "| trainable_params | 1234 |" in best_section
+    assert "| history |" not in best_section  # a learning curve is not a table cell
 
     top = sorted(complete, key=lambda t: (-t.value, t.number))[:10]
     top_section = section(text, "Top 10 completed trials")

@@ -23,7 +23,9 @@ REPORT_NAME = "summary_report.md"
 TOP_K = 10
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 PARAMS_OBJECTIVE = "trainable_params"  # the second objective of a multi-objective study
-HIDDEN_ATTRS = ("hparams",)  # a dict of everything the trial used: too big for a table cell
+# Too big for a table cell: everything the trial used, and its per-epoch learning curve (which
+# trials.csv, the intermediate-values plot and the trial's artifacts show).
+HIDDEN_ATTRS = ("hparams", "history")
 
 
 def write_report(
