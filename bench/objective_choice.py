@@ -7,7 +7,7 @@ accuracy picks, as the search did): the rank agreement of accuracy with each oth
 the trials that collapsed to one grade (kappa 0) with the trials that learned something (kappa
 > 0) that accuracy ranks below them. Prints JSON.
 
-    python bench/objective_choice.py --seeds 42 43 --cache .bench_cache
+    python bench/objective_choice.py --seeds 43 44 --cache .bench_cache
 """
 
 import argparse
@@ -66,7 +66,7 @@ def trial_level(trials: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44])
     parser.add_argument("--n-trials", type=int, default=24)
     parser.add_argument("--cache", type=Path, default=Path(".bench_cache"))
     args = parser.parse_args()
