@@ -9,6 +9,7 @@ interruption) reads it instead of searching again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 from pathlib import Path
@@ -81,6 +82,14 @@ def run_arm(cache: Path, seed: int, n_trials: int, overrides: dict, resume: bool
         raise SystemExit(
             f"{workdir}: kept run made with other {', '.join(changed)}; delete it to rerun"
         )
+    # One process per arm: another benchmark reading the cache must not start over (delete) a
+    # run that a first one is still making.
+    cache.mkdir(parents=True, exist_ok=True)
+    lock = open(cache / f".{workdir.name}.lock", "w")  # noqa: SIM115 (held until the run ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"{workdir}: being run by another process; wait for it") from None
     resumed = resume and (workdir / "optuna").is_dir()
     if not resumed:
         shutil.rmtree(workdir, ignore_errors=True)  # an interrupted or outdated run: start over
