@@ -23,9 +23,12 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from retfound_hpo.config import ModelConfig, TrainConfig
-from retfound_hpo.model import apply_lora, build_backbone
-from retfound_hpo.train import CachedImages, Normalizer, autocast_dtype, fit, resolve_device
+from retfound_hpo.core.params import ModelConfig, TrainConfig
+from retfound_hpo.model.adapters import apply_lora
+from retfound_hpo.model.backbones import build_backbone
+from retfound_hpo.training.device import autocast_dtype, resolve_device
+from retfound_hpo.training.inputs import CachedImages, Normalizer
+from retfound_hpo.training.loop import fit
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retfound_hpo.config import ModelConfig, TrainConfig
-from retfound_hpo.model import build_model
-from retfound_hpo.train import CachedImages, Normalizer, autocast_dtype, fit, resolve_device
+from retfound_hpo.core.params import ModelConfig, TrainConfig
+from retfound_hpo.model.adapters import build_model
+from retfound_hpo.training.device import autocast_dtype, resolve_device
+from retfound_hpo.training.inputs import CachedImages, Normalizer
+from retfound_hpo.training.loop import fit
 
 CHECKPOINT = "models/demo_backbone/checkpoint.pth"
 

@@ -25,11 +25,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from retfound_hpo.config import ModelConfig, TrainConfig
-from retfound_hpo.data.preprocess import prepare_images, usable_cpus
-from retfound_hpo.data.synthetic import CAMERA_A, render_fundus
-from retfound_hpo.model import build_model
-from retfound_hpo.train import CachedImages, fit, load_cached
+from retfound_hpo.core.params import ModelConfig, TrainConfig
+from retfound_hpo.core.system import usable_cpus
+from retfound_hpo.data.demo.render import CAMERA_A, render_fundus
+from retfound_hpo.data.preprocess import prepare_images
+from retfound_hpo.model.adapters import build_model
+from retfound_hpo.training.inputs import CachedImages, load_cached
+from retfound_hpo.training.loop import fit
 
 SOURCES = {"large": 3000, "small": 256}  # source image width (px)
 CHECKPOINT = "models/demo_backbone/checkpoint.pth"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from retfound_hpo.config import load_params
-from retfound_hpo.pretrain import MaskedAutoencoder
-from retfound_hpo.search import resolve_hparams, train_config
-from retfound_hpo.train import load_cached
+from retfound_hpo.core.params_yaml import load_params
+from retfound_hpo.training.hparams import resolve_hparams, train_with_hparams
+from retfound_hpo.training.inputs import load_cached
+from retfound_hpo.training.pretrain_demo import MaskedAutoencoder
 
 
 def main() -> None:
@@ -30,7 +30,8 @@ def main() -> None:
     train, val = load_cached(prepared / "train"), load_cached(prepared / "val")
     hparams = resolve_hparams(
         {"lora_r": 8, "lora_alpha": 16, "learning_rate": args.lr, "batch_size": 16, "dropout": 0.2},
-        params,
+        params.model,
+        params.train,
     )
     results = {"hparams": hparams, "epochs": args.epochs}
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,10 +39,17 @@ def main() -> None:
         random_ckpt = Path(tmp) / "random.pth"  # same shape and layout, no pretraining
         torch.save({"model": MaskedAutoencoder(params.model).retfound_state_dict()}, random_ckpt)
         for name, ckpt in (("pretrained", params.model.checkpoint), ("random_init", random_ckpt)):
-            run = dataclasses.replace(
-                params, model=dataclasses.replace(params.model, checkpoint=str(ckpt))
+            _, result = train_with_hparams(
+                hparams,
+                dataclasses.replace(params.model, checkpoint=str(ckpt)),
+                params.train,
+                seed=params.seed,
+                metric=params.hpo.metric,
+                epochs=args.epochs,
+                patience=args.epochs,
+                train=train,
+                val=val,
             )
-            _, result = train_config(hparams, run, args.epochs, args.epochs, train, val)
             best = result.best_metrics
             results[name] = {k: round(best[k], 4) for k in ("accuracy", "kappa", "auroc", "f1")}
     print(json.dumps(results, indent=2))

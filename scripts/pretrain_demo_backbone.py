@@ -7,7 +7,7 @@ import argparse
 import json
 import logging
 
-from retfound_hpo.pretrain import pretrain_demo_backbone
+from retfound_hpo.training.pretrain_demo import pretrain_demo_backbone
 
 
 def main() -> None:

@@ -4,12 +4,12 @@ is chosen), the held-out test split and other datasets; each seed's model when t
 
 from pathlib import Path
 
-from retfound_hpo.cli import run_stage
-from retfound_hpo.config import load_params
-from retfound_hpo.evaluate import evaluate_datasets
-from retfound_hpo.io import write_json_atomic
-from retfound_hpo.model import load_trained_model
-from retfound_hpo.seed_summary import find_seed_models
+from retfound_hpo.core.cli import run_stage
+from retfound_hpo.core.files import write_json_atomic
+from retfound_hpo.core.params_yaml import load_params
+from retfound_hpo.evaluation.evaluate import evaluate_datasets
+from retfound_hpo.evaluation.seed_summary import find_seed_models
+from retfound_hpo.model.saved import load_trained_model
 
 
 def main() -> None:

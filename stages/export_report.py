@@ -1,25 +1,22 @@
-"""Stage export-report: summary_report.md and plots, read from the study storage."""
+"""Stage export-report: summary_report.md and plots, read from the study's local snapshot."""
 
 import optuna
 
-from retfound_hpo.cli import run_stage
-from retfound_hpo.config import load_params
-from retfound_hpo.report import write_report
-from retfound_hpo.search import objective_column
-from retfound_hpo.study import snapshot_url
+from retfound_hpo.core.cli import run_stage
+from retfound_hpo.core.params_yaml import load_params
+from retfound_hpo.reporting.report import write_report
 
 
 def main() -> None:
-    params = load_params("params.yaml")
-    hpo = params.hpo
-    study = optuna.load_study(study_name=hpo.study_name, storage=snapshot_url(params))
+    hpo = load_params("params.yaml").hpo
+    study = optuna.load_study(study_name=hpo.study_name, storage=hpo.snapshot_url)
     path = write_report(
         study,
         hpo.study_dir,
         hpo.search_space,
-        objective_name=objective_column(hpo.metric),
+        objective_name=hpo.objective_column,
         num_epochs=hpo.num_epochs,
-        storage_url=snapshot_url(params),
+        storage_url=hpo.snapshot_url,
     )
     print(f"report: {path}")
 

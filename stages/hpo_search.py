@@ -1,13 +1,14 @@
 """Stage hpo-search: run (or resume) the Optuna study and write the guide's output files."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
-from retfound_hpo.cli import run_stage
-from retfound_hpo.config import load_params
-from retfound_hpo.study_files import write_search_outputs
-from retfound_hpo.train import load_cached
-from retfound_hpo.workers import run_search
+from retfound_hpo.core.cli import run_stage
+from retfound_hpo.core.params_yaml import load_params
+from retfound_hpo.search.study_files import write_search_outputs
+from retfound_hpo.search.workers import run_search
+from retfound_hpo.training.inputs import load_cached
 
 
 def main() -> None:
@@ -15,7 +16,8 @@ def main() -> None:
     prepared = Path(params.data.prepared_dir)
     train, val = load_cached(prepared / "train"), load_cached(prepared / "val")  # never test
     study, interrupted = run_search(params, train, val)
-    best = write_search_outputs(study, params)  # also after Ctrl-C: keep what completed
+    # Also after Ctrl-C: keep what completed.
+    best = write_search_outputs(study, params.hpo, dataclasses.asdict(params))
     if interrupted:
         sys.exit(130)
     if best is None:

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def mae_checkpoint(tmp_path):
     """A random demo-size encoder saved in RETFound's MAE layout (norm, mask_token, decoder_*)."""
-    from retfound_hpo.config import ModelConfig
-    from retfound_hpo.pretrain import MaskedAutoencoder
+    from retfound_hpo.core.params import ModelConfig
+    from retfound_hpo.training.pretrain_demo import MaskedAutoencoder
 
     torch.manual_seed(0)
     path = tmp_path / "mae.pth"
@@ -43,7 +44,7 @@ def tiny_params(tmp_path, checkpoint, **sections):
     """Params for fast tests: 32 px inputs, two trials of two epochs, outputs under tmp_path."""
     import yaml
 
-    from retfound_hpo.config import load_params
+    from retfound_hpo.core.params_yaml import load_params
 
     data = {
         "seed": 0,
@@ -72,7 +73,7 @@ def tiny_params(tmp_path, checkpoint, **sections):
 
 def easy_images(n: int, seed: int = 0, size: int = 32):
     """Images whose grade is written in their brightness: learnable in a couple of epochs."""
-    from retfound_hpo.train import CachedImages
+    from retfound_hpo.training.inputs import CachedImages
 
     rng = np.random.default_rng(seed)
     grades = np.arange(n) % 5
@@ -127,6 +128,78 @@ def unavailable(what: str, hint: str, required_by: str) -> None:
     pytest.skip(f"{what} not available: {hint}")
 
 
+# The demo pipeline at test size: 100 + 20 images, two trials of two epochs, two epochs of
+# train-best. Every end-to-end test shares one run of it (see demo_pipeline).
+TINY = {
+    "data": {
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+        "demo": {"n_domain_a": 100, "n_domain_b": 20},
+    },
+    "hpo": {"n_trials": 2, "num_epochs": 2, "sampler_startup_trials": 2},
+    "train_best": {"epochs": 2},
+}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """`base` with `extra` merged in, section by section."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+@dataclass
+class DemoPipeline:
+    """One `dvc repro` of the demo at test size, in a fresh clone-like copy of the repository.
+
+    `first` is a copy of the repository right after the first `dvc repro` (read-only: tests
+    look at what a new user's first run writes); `repo` is where experiments run, one after
+    another, via `experiments()`."""
+
+    repo: Path
+    first: Path
+    first_status: str  # `dvc status` right after the first run
+    _experiments: dict | None = None
+
+    def experiments(self) -> dict:
+        """Run, once per session, the experiments the end-to-end tests compare: the study
+        resumed to 3 trials (committed, then the base of the next two), and train-best for 1
+        and 3 epochs (`short`, `long`). Returns the trials.csv before and after the resume."""
+        if self._experiments is None:
+            import pandas as pd
+
+            trials = self.repo / "results/optuna/retfound_lora_search/trials.csv"
+            before = pd.read_csv(trials)
+            sh("dvc exp run -S hpo.n_trials=3", self.repo)
+            after = pd.read_csv(trials)
+            sh("git add -A && git commit -qm resumed", self.repo)
+            sh("dvc exp run -n short -S train_best.epochs=1", self.repo)
+            sh("dvc exp run -n long -S train_best.epochs=3", self.repo)
+            self._experiments = {"trials_before": before, "trials_after": after}
+        return self._experiments
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory) -> DemoPipeline:
+    """The shared end-to-end run: copy the repository, shrink params.yaml to TINY, commit,
+    `dvc repro`, commit the results."""
+    import yaml
+
+    repo = tmp_path_factory.mktemp("demo") / "repo"
+    repo.mkdir()
+    copy_repo(repo)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git init -q && git add -A && git commit -qm init", repo)
+    sh("dvc repro", repo)
+    status = sh("dvc status", repo)
+    first = repo.parent / "first"
+    shutil.copytree(repo, first, symlinks=True, ignore=shutil.ignore_patterns(".dvc"))
+    sh("git add -A && git commit -qm run", repo)
+    return DemoPipeline(repo, first, status)
+
+
 @pytest.fixture
 def chromium() -> Path:
     """Debian's Chromium, which kaleido and the offline-render tests drive."""
@@ -136,3 +209,51 @@ def chromium() -> Path:
             "Chromium", "bash scripts/setup.sh installs it", "RETFOUND_HPO_REQUIRE_CHROMIUM"
         )
     return path
+
+
+# The pipeline's functions take the params sections they use; tests build whole Params.
+def run_prepare(params):
+    """prepare-split's work for `params`, as the stage calls it."""
+    from retfound_hpo.data.prepare import prepare_split
+
+    return prepare_split(
+        params.data,
+        params.evaluate.datasets,
+        input_size=params.model.input_size,
+        num_classes=params.model.num_classes,
+        seed=params.seed,
+    )
+
+
+def fingerprint_of(params, train, val):
+    from retfound_hpo.search.fingerprint import study_fingerprint
+
+    return study_fingerprint(params.model, params.train, params.hpo, params.seed, train, val)
+
+
+def write_outputs(study, params):
+    """The hpo-search stage's output files for `study`, as the stage writes them."""
+    import dataclasses
+
+    from retfound_hpo.search.study_files import write_search_outputs
+
+    return write_search_outputs(study, params.hpo, dataclasses.asdict(params))
+
+
+def train_with(hparams, params, epochs, patience, train, val, on_epoch_end=None, progress=None):
+    """train_with_hparams with the model, train, seed and metric of `params`."""
+    from retfound_hpo.training.hparams import train_with_hparams
+
+    return train_with_hparams(
+        hparams,
+        params.model,
+        params.train,
+        seed=params.seed,
+        metric=params.hpo.metric,
+        epochs=epochs,
+        patience=patience,
+        train=train,
+        val=val,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )

@@ -1,0 +1,1 @@
+"""prepare-split's concept: dataset readers, preprocessing, splits, duplicates, prepared sets."""

@@ -28,7 +28,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from retfound_hpo.data.preprocess import PreparedImages
+from retfound_hpo.data.prepared import PreparedImages
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from retfound_hpo.errors import DatasetError
+from retfound_hpo.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

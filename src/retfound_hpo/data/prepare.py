@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from retfound_hpo.config import DataConfig, EvalDataset, Params
+from retfound_hpo.core.errors import ConfigError
+from retfound_hpo.core.files import write_text_atomic
+from retfound_hpo.core.params import DataConfig, EvalDataset
+from retfound_hpo.data.demo.synthetic import write_demo_datasets
 from retfound_hpo.data.duplicates import (
     cross_duplicates,
     drop_conflicting,
@@ -20,11 +23,9 @@ from retfound_hpo.data.duplicates import (
     split_units,
 )
 from retfound_hpo.data.formats import OPTIONS, read_dataset
-from retfound_hpo.data.preprocess import PreparedImages, load_prepared, prepare_images
+from retfound_hpo.data.prepared import PreparedImages, load_prepared
+from retfound_hpo.data.preprocess import prepare_images
 from retfound_hpo.data.splits import check_stratifiable, split_dataset, summarize_splits
-from retfound_hpo.data.synthetic import write_demo_datasets
-from retfound_hpo.errors import ConfigError
-from retfound_hpo.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,24 @@ def _cut(pool: PreparedImages, positions: np.ndarray, part: pd.DataFrame, out: P
     tmp.rename(out)
 
 
-def prepare_split(params: Params) -> dict:
-    """Write split CSVs and prepared caches for the training data and every evaluation set."""
-    data, size = params.data, params.model.input_size
+def prepare_split(
+    data: DataConfig,
+    datasets: tuple[EvalDataset, ...],
+    *,
+    input_size: int,
+    num_classes: int,
+    seed: int,
+) -> dict:
+    """Write split CSVs and prepared caches (`input_size` px) for the training data and every
+    evaluation set (`datasets`, evaluate.datasets); return the data summary."""
+    size = input_size
     demo_dir = Path(data.demo.out_dir)
     if data.demo.enabled:
         write_demo_datasets(
             demo_dir,
             data.demo.n_domain_a,
             data.demo.n_domain_b,
-            seed=params.seed,
+            seed=seed,
             lesion_scale=data.demo.lesion_scale,
         )
     else:  # the folder is a declared output; say why it is empty
@@ -97,11 +106,10 @@ def prepare_split(params: Params) -> dict:
     # Read and validate every dataset (labels, ids, files) before the slow preprocessing starts.
     table = read_dataset(data.format, data.csv, data.images, **reader_options(data))
     external = {
-        ds.name: read_dataset(ds.format, ds.csv, ds.images, **reader_options(ds))
-        for ds in params.evaluate.datasets
+        ds.name: read_dataset(ds.format, ds.csv, ds.images, **reader_options(ds)) for ds in datasets
     }
-    labels = [(data.csv, table)] + [(ds.csv, external[ds.name]) for ds in params.evaluate.datasets]
-    check_grades(labels, params.model.num_classes)
+    labels = [(data.csv, table)] + [(ds.csv, external[ds.name]) for ds in datasets]
+    check_grades(labels, num_classes)
     patients = table["grade"].groupby(table["patient"]).max()  # duplicates can only merge them
     check_stratifiable(patients, data.val_fraction, data.test_fraction, data.csv)
 
@@ -120,9 +128,7 @@ def prepare_split(params: Params) -> dict:
         if data.duplicates == "drop_conflicting":
             table = drop_conflicting(table, records)
         units = split_units(table, records)  # patients, merged where they share duplicates
-        splits = split_dataset(
-            table, data.val_fraction, data.test_fraction, params.seed, data.csv, units
-        )
+        splits = split_dataset(table, data.val_fraction, data.test_fraction, seed, data.csv, units)
         split_hashes = {}
         for name, part in splits.items():
             positions = position.loc[part.index].to_numpy()
@@ -133,7 +139,7 @@ def prepare_split(params: Params) -> dict:
             write_text_atomic(written[-1], part.to_csv(index=False))
         report = duplicates_summary(records, splits)
         # An evaluation image that copies a split image is not independent evidence: report it.
-        for ds in params.evaluate.datasets:
+        for ds in datasets:
             written.append(prepared / ds.name)
             done[ds.name] = _prepare(external[ds.name], prepared / ds.name, size, ds)
             report["cross_dataset"][ds.name] = cross_duplicates(
@@ -152,5 +158,5 @@ def prepare_split(params: Params) -> dict:
     finally:
         shutil.rmtree(pool_dir, ignore_errors=True)
     log_duplicates(report)
-    summary = summarize_splits(done, params.model.num_classes)
+    summary = summarize_splits(done, num_classes)
     return {"image_size": size, **summary, "duplicates": report}

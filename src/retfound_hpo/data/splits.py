@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from retfound_hpo.errors import DatasetError
+from retfound_hpo.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Below everything: params sections and their checks, errors, atomic files, the stage runner."""

@@ -1,0 +1,183 @@
+"""The sections of params.yaml: one frozen dataclass per section, with its defaults.
+
+Each function of the pipeline takes the section (or the few values) it uses; only stage scripts
+and the search's worker entry point hold the whole `Params`. params_yaml.load_params builds them,
+refusing unknown keys and wrong types (typed.py) and values out of range (checks.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    enabled: bool = True
+    out_dir: str = "data/demo"
+    n_domain_a: int = 1500
+    n_domain_b: int = 400
+    lesion_scale: float = 2.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    format: Literal["aptos", "eyepacs", "messidor", "idrid", "csv"] = "aptos"
+    csv: str = "data/demo/aptos/train.csv"
+    images: str = "data/demo/aptos/train_images"
+    skip_bad_rows: bool = False  # drop (and log) bad rows and unreadable images instead of stopping
+    # format "csv" only: which columns hold what; image = <images>/<path_template><extension>
+    id_column: str | None = None
+    label_column: str | None = None  # grades 0-4
+    patient_column: str | None = None  # none: every image is its own patient
+    path_template: str | None = None  # {id}, {label}, {patient}; default "{id}"
+    extension: str | None = None  # e.g. ".png"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # Near-duplicate photographs (perceptual hash) always share a split; drop_conflicting also
+    # drops every image of a group whose grades disagree.
+    duplicates: Literal["keep", "drop_conflicting"] = "keep"
+    duplicate_distance: int = 60  # most hash bits (of 256) in which duplicates differ
+    prepared_dir: str = "data/prepared"
+    splits_dir: str = "data/splits"
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    checkpoint: str = "models/demo_backbone/checkpoint.pth"
+    arch: Literal["vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2"] = "vit_demo"
+    input_size: int = 96
+    num_classes: int = 5
+    drop_path_rate: float = 0.1
+    lora_targets: tuple[str, ...] = ("qkv",)
+    lora_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_workers: int = 0
+    weight_decay: float = 0.05
+    class_balance: Literal["loss", "sampler", "none"] = "loss"
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    device: str = "auto"
+    eval_batch_size: int = 128
+    augment: Literal["basic", "randaugment"] = "basic"  # flips + jitter; or RandAugment too
+    grad_accum_steps: int = 1  # batches per optimizer step, for batches that do not fit
+    warmup_epochs: int = 0  # linear warmup, then cosine decay
+    label_smoothing: float = 0.0  # RETFound recipe: 0.1
+    layer_decay: float = 1.0  # layer-wise lr decay; RETFound recipe: 0.65
+
+
+@dataclass(frozen=True)
+class HpoConfig:
+    study_name: str = "retfound_lora_search"
+    output_dir: str = "results/optuna"
+    n_trials: int = 50
+    timeout_hours: float | None = None
+    num_epochs: int = 10
+    early_stopping_patience: int = 3
+    metric: Literal["accuracy", "kappa", "auroc", "f1", "retfound"] = "accuracy"
+    multi_objective: bool = False  # also minimise trainable parameters (Pareto front; no pruning)
+    sampler: Literal["tpe", "gp", "random"] = "tpe"
+    sampler_startup_trials: int = 10  # TPE / GP: random trials before it models the space
+    # Hyperparameter sets run first (skipped when the study already holds them), by entry name.
+    enqueue_trials: tuple[dict[str, Any], ...] = ()
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    # What the pruner ranks trials by each epoch: "objective" (hpo.metric), another validation
+    # metric, or "loss" (class-balanced validation cross-entropy). The study's value stays
+    # hpo.metric.
+    prune_on: str = "objective"
+    pruner_startup_trials: int = 3  # median: trials finished before any pruning
+    pruner_warmup_epochs: int = 2  # median: epochs a trial always gets
+    pruner_min_epochs: int = 1  # hyperband / successive halving: the smallest budget
+    pruner_reduction_factor: int = 3  # hyperband / successive halving
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Scale-out: worker processes on this host, and a shared database for workers elsewhere.
+    n_workers: int = 1  # processes sharing the study here (one GPU each, or a share of the cores)
+    storage: str | None = None  # null: <study_dir>/study.db; or postgresql://user@host/db
+    heartbeat_seconds: int = 60  # a running trial silent for 2x this is failed (worker died)
+    retry_failed_trials: int = 0  # re-runs of a dead worker's trial with the same parameters
+    keep_adapters: bool = False  # keep each trial's LoRA adapter (a few MB) as an artifact
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.output_dir) / self.study_name
+
+    @property
+    def snapshot_url(self) -> str:
+        """study.db in the study folder: the storage itself, or a copy of a shared study."""
+        return f"sqlite:///{self.study_dir / 'study.db'}"
+
+    @property
+    def storage_url(self) -> str:
+        """Where the study lives: hpo.storage, or study.db beside the other search outputs."""
+        return self.storage or self.snapshot_url
+
+    @property
+    def objective_column(self) -> str:
+        """The guide calls the objective column `best_val_acc`; other metrics follow suit."""
+        return "best_val_acc" if self.metric == "accuracy" else f"best_val_{self.metric}"
+
+
+@dataclass(frozen=True)
+class TrainBestConfig:
+    epochs: int = 30
+    early_stopping_patience: int = 5
+    output_dir: str = "models/best_model"
+    results_dir: str = "results/train"
+    # One training run per seed, each kept in <seeds_dir>/<seed>/; output_dir gets the best on val.
+    seeds: tuple[int, ...] | None = None  # null: just `seed`
+    seeds_dir: str = "models/seeds"
+
+    def seed_list(self, default: int) -> list[int]:
+        """The seeds to train: train_best.seeds, or just `default` (the params' seed)."""
+        return list(self.seeds) if self.seeds is not None else [default]
+
+
+@dataclass(frozen=True)
+class EvalDataset:
+    name: str
+    format: Literal["aptos", "eyepacs", "messidor", "idrid", "csv"]
+    csv: str
+    images: str
+    # The same reader options as data.* (see DataConfig).
+    skip_bad_rows: bool = False
+    id_column: str | None = None
+    label_column: str | None = None
+    patient_column: str | None = None
+    path_template: str | None = None
+    extension: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    datasets: tuple[EvalDataset, ...] = ()
+    output_dir: str = "results/eval"
+    bootstrap_samples: int = 1000  # resamples for the 95% intervals (seeded by `seed`); 0: none
+    # Referable-DR operating point: a threshold on P(grade >= 2) chosen on the val split, then
+    # applied unchanged to test and every dataset. "sensitivity": the highest threshold whose val
+    # sensitivity is >= referable_target; "youden": max sensitivity + specificity - 1. Screening
+    # default: a missed referable eye costs more than a false referral, and 0.90 is above the 80 %
+    # minimum of the UK screening standard and the 85 % endpoint of the IDx-DR pivotal trial.
+    referable_rule: Literal["sensitivity", "youden"] = "sensitivity"
+    referable_target: float = 0.9  # rule "sensitivity" only
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    enabled: bool = False
+    project: str = "diabetic-retinopathy-hpo"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hpo: HpoConfig = field(default_factory=HpoConfig)
+    train_best: TrainBestConfig = field(default_factory=TrainBestConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)

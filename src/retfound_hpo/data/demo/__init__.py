@@ -1,0 +1,1 @@
+"""The embedded demo: synthetic fundus photographs from two cameras, written in public layouts."""

@@ -1,0 +1,1 @@
+"""evaluate-cross-dataset's concept, and the commands that read its outputs: compare, predict."""

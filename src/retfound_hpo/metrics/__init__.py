@@ -1,0 +1,1 @@
+"""Pure metric functions: grading metrics, bootstrap intervals, operating point, calibration."""

@@ -1,0 +1,1 @@
+"""Models: ViT backbones, RETFound checkpoint loading, LoRA adapters, saved and merged models."""

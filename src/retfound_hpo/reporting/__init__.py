@@ -1,0 +1,1 @@
+"""export-report's concept: the study as summary_report.md and plots (PNG + HTML)."""

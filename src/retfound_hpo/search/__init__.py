@@ -1,0 +1,1 @@
+"""hpo-search's concept: the Optuna study, its objective, workers, fingerprint and outputs."""

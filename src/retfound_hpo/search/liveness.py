@@ -1,0 +1,66 @@
+"""Trials whose worker is gone: found (same host at once, others by heartbeat) and failed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs on this host (a zombie, killed but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc: ask the kernel
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def fail_dead_trials(study: optuna.Study, heartbeat_seconds: int) -> None:
+    """Fail running trials whose worker is gone, and queue them again if retries are on.
+
+    Found three ways: a worker on this host whose process has exited (at once, with that
+    reason); a trial that never reached its objective, started two heartbeat intervals ago (a
+    crash in between); no heartbeat for two intervals (Optuna's check, for any host).
+    """
+    grace = timedelta(seconds=2 * heartbeat_seconds)
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker is None:
+            if datetime.now() - trial.datetime_start > grace:
+                _fail_trial(study, trial, "interrupted")
+            continue
+        name, _, pid = worker.rpartition(":")
+        if name == host and not process_alive(int(pid)):
+            _fail_trial(study, trial, f"worker {worker} died (killed or crashed)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # finished or failed by another worker meanwhile
+    log.warning("trial %d: %s; marked FAIL", trial.number, reason)
+    retry = storage.get_heartbeat_stale_trial_callback()  # the same retry as for heartbeats
+    if retry is not None:
+        retry(study, storage.get_trial(trial._trial_id))

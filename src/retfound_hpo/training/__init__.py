@@ -1,0 +1,1 @@
+"""Training: the one fit loop (HPO trials and train-best), inputs, optimiser, devices."""
