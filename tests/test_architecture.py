@@ -32,6 +32,7 @@ PARAMS_HOLDERS = {
     "retfound_hpo.search.workers",
     "retfound_hpo.core.params_yaml",  # reads and writes the file
     "retfound_hpo.core.checks",  # validates the file, section against section
+    "retfound_hpo.core.paths",  # ... and the paths its sections name, against each other
 }
 
 

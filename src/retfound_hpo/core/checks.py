@@ -6,6 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from retfound_hpo.core.errors import ConfigError
+from retfound_hpo.core.paths import check_paths
 from retfound_hpo.core.space import LORA_TARGET_NAMES, check_search_space, fixed_params
 
 if TYPE_CHECKING:
@@ -99,12 +100,6 @@ def check_values(p: Params) -> None:
         h.early_stopping_patience,
         "must be >= 1",
     )
-    _require(
-        bool(h.study_name) and "/" not in h.study_name,
-        "hpo.study_name",
-        h.study_name,
-        "must be a non-empty name without '/'",
-    )
     for key in ("sampler_startup_trials", "pruner_startup_trials", "pruner_warmup_epochs"):
         _require(getattr(h, key) >= 0, f"hpo.{key}", getattr(h, key), "must be >= 0")
     _require(h.pruner_min_epochs >= 1, "hpo.pruner_min_epochs", h.pruner_min_epochs, "must be >= 1")
@@ -158,13 +153,7 @@ def check_values(p: Params) -> None:
         ev.referable_target,
         "must be in (0, 1] (the val sensitivity the threshold must reach)",
     )
-    names = [ds.name for ds in p.evaluate.datasets]
-    _require(
-        len(set(names)) == len(names) and not {"test", "val"} & set(names),
-        "evaluate.datasets",
-        names,
-        "names must be unique and not 'test' or 'val' (the prepared splits, evaluated too)",
-    )
+    check_paths(p)
     check_search_space(h.search_space)
     for i, values in enumerate(h.enqueue_trials):
         fixed_params(h.search_space, values, f"hpo.enqueue_trials[{i}]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import yaml
 
 from retfound_hpo.core.checks import check_values
+from retfound_hpo.core.cli import run_stage
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params import Params
 from retfound_hpo.core.space import normalize_search_space
@@ -42,3 +44,24 @@ def dump_params(params: Params, path: str | Path) -> None:
         return value
 
     Path(path).write_text(yaml.safe_dump(plain(dataclasses.asdict(params)), sort_keys=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console command retfound-check: validate a params file, as every stage does first."""
+    parser = argparse.ArgumentParser(
+        prog="retfound-check",
+        description="Check params.yaml (every key known, every value allowed, paths safe) "
+        "without running anything; a problem is one line naming the key, exit code 2.",
+    )
+    parser.add_argument("params", nargs="?", default="params.yaml", help="default: params.yaml")
+    args = parser.parse_args(argv)
+
+    def check() -> None:
+        load_params(args.params)
+        print(f"{args.params}: every key known, every value allowed")
+
+    run_stage(check)
+
+
+if __name__ == "__main__":
+    main()
