@@ -17,6 +17,7 @@ def main() -> None:
         objective_name=hpo.objective_column,
         num_epochs=hpo.num_epochs,
         storage_url=hpo.snapshot_url,
+        metric=hpo.metric,
     )
     print(f"report: {path}")
 

@@ -93,8 +93,8 @@ def write_prepared(folder, images) -> None:
     )
 
 
-def sh(cmd: str, cwd: Path) -> str:
-    """Run a shell command with the venv's tools on PATH; fail the test with its output."""
+def run_cmd(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a shell command with the venv's tools on PATH; its exit status and output."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -103,7 +103,12 @@ def sh(cmd: str, cwd: Path) -> str:
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
     }
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def sh(cmd: str, cwd: Path) -> str:
+    """Run a shell command (see run_cmd); fail the test with its output unless it succeeds."""
+    proc = run_cmd(cmd, cwd)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import sh
+from conftest import run_cmd, sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # may build the shared demo pipeline
 
@@ -41,3 +41,25 @@ def test_a_code_change_reruns_only_the_stages_that_run_it(demo_pipeline, module,
     finally:
         path.write_bytes(original)
     assert changed == stages
+
+
+def test_an_unknown_key_stops_a_repro_that_would_rerun_nothing(demo_pipeline):
+    """A misspelt top-level key changes no stage's params: DVC alone would say "up to date".
+    The check-params stage reads the whole file whenever it changes, and stops in one line."""
+    repo = demo_pipeline.repo
+    params = repo / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original + "hpo_n_trials: 20  # meant hpo.n_trials\n")
+        proc = run_cmd("dvc repro", repo)
+        ran = [line for line in proc.stdout.splitlines() if line.startswith("Running stage")]
+    finally:
+        params.write_text(original)
+    assert proc.returncode != 0
+    assert ran == ["Running stage 'check-params':"]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: hpo_n_trials: unknown key; allowed keys here: data, evaluate, hpo, model, seed, "
+        "train, train_best, wandb"
+    ]
+    assert "Traceback" not in proc.stderr

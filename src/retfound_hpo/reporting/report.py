@@ -24,6 +24,7 @@ from retfound_hpo.reporting.markdown import (
     plain,
     table,
 )
+from retfound_hpo.reporting.plan import MIN_FIT_TRIALS
 from retfound_hpo.reporting.plots import Plot, render_plots
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,14 @@ def write_report(
     num_epochs: int | None = None,
     png_backend: str = "auto",
     storage_url: str | None = None,
+    metric: str | None = None,
 ) -> Path:
     """Write out_dir/summary_report.md and out_dir/plots/*.png + *.html; return the report path.
 
     png_backend: "auto" (kaleido if Chrome/Chromium is installed, else matplotlib), "plotly"
     or "matplotlib". storage_url, when given, is shown with the optuna-dashboard command.
+    metric (hpo.metric), when given, lets the fitted plots include pruned trials at their best
+    value before pruning (the trial attribute `val_<metric>`) when too few trials completed.
     A multi-objective study has (objective_name, trainable parameter count) as its values: the
     report adds its Pareto front, and ranks trials by the first objective.
     """
@@ -65,7 +69,8 @@ def write_report(
     staging = out_dir / f".plots.{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir()
     try:
-        plots, backend = render_plots(study, staging, objective_name, png_backend)
+        value_attr = f"val_{metric}" if metric else None
+        plots, backend = render_plots(study, staging, objective_name, png_backend, value_attr)
         text = "\n".join(
             _sections(study, search_space, objective_name, num_epochs, storage_url, plots, backend)
         )
@@ -156,6 +161,8 @@ def _sections(
     for plot in plots:
         links = f"[PNG](plots/{plot.name}.png) · [interactive HTML](plots/{plot.name}.html)"
         yield f"### {plot.title}\n"
+        if plot.basis:
+            yield f"Rests on {plot.basis}.\n"
         if plot.unavailable:
             yield f"Not available: {plot.unavailable} ({links})\n"
         elif plot.main:
@@ -211,6 +218,12 @@ def _best_and_top(
     names = param_names(space, top)
     extra = [PARAMS_OBJECTIVE] if multi else []
     yield f"## Top {len(top)} completed trials\n"
+    if len(complete) < MIN_FIT_TRIALS:
+        yield (
+            f"Only {len(complete)} trial(s) completed: this ranking, its mean and its spread rest "
+            f"on {len(complete)} value(s). Pruned trials stopped early; their best values before "
+            "stopping are in trials.csv (`objective`), not here.\n"
+        )
     rows = [
         [rank, t.number, fmt(t.values[0])]
         + ([fmt(count(t.values[1]))] if multi else [])
