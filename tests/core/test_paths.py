@@ -61,7 +61,7 @@ def test_a_study_name_is_a_plain_name(tmp_path, name):
 @pytest.mark.parametrize(
     ("key", "value", "problem"),
     [
-        ("hpo__output_dir", "/tmp/optuna", "an absolute path"),
+        ("hpo__output_dir", "/tmp/optuna", "outside the project"),
         ("hpo__output_dir", "../optuna", "outside the project"),
         ("hpo__output_dir", ".", "the project folder itself"),
         ("data__prepared_dir", "src/prepared", "inside the project's own src/"),
@@ -80,6 +80,12 @@ def test_an_output_folder_stays_inside_the_project_on_its_own(tmp_path, key, val
     with pytest.raises(ConfigError, match=re.escape(f"{dotted}: {value!r} is not allowed")) as e:
         load_params(params_with(tmp_path, **{key: value}))
     assert problem in str(e.value)
+
+
+def test_an_absolute_folder_inside_the_project_is_fine(tmp_path):
+    """The project is where params.yaml is: absolute paths inside it are the same folders."""
+    params = load_params(params_with(tmp_path, hpo__output_dir=str(tmp_path / "optuna")))
+    assert params.hpo.study_dir == tmp_path / "optuna/retfound_lora_search"
 
 
 def test_real_data_may_not_live_in_the_demo_folder(tmp_path):

@@ -2,6 +2,7 @@
 without a retina, all-or-nothing caches, missing or damaged prepared sets."""
 
 import logging
+import re
 import pickle
 import shutil
 
@@ -82,7 +83,6 @@ def test_unusual_modes_become_8_bit_rgb(tmp_path):
     files = {
         "gray16.png": Image.fromarray(gray16),
         "la.png": Image.fromarray(disc).convert("LA"),
-        "bilevel.png": Image.fromarray(disc).convert("1"),
         "palette_alpha.png": Image.fromarray(disc).convert("P"),  # saved with transparency
         "cmyk.jpg": Image.fromarray(disc).convert("CMYK"),
         "float.tif": Image.fromarray(disc[..., 1].astype(np.float32)),
@@ -95,12 +95,18 @@ def test_unusual_modes_become_8_bit_rgb(tmp_path):
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8, name
         assert out[12:20, 12:20].mean() > 40, name  # the disc survives, scaled to 8 bits
         assert out[0, 0].max() <= 12, name  # the corner outside the disc stays black
+    # A bilevel (1-bit) image decodes too, but is pure white inside: no photograph.
+    Image.fromarray(disc).convert("1").save(tmp_path / "bilevel.png")
+    with pytest.raises(NoRetinaError, match="% of the field is pure white"):
+        preprocess_image(tmp_path / "bilevel.png", 32)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_5000_px_image_is_shrunk_before_the_crop(tmp_path, fmt):
     img = Image.new("RGB", (5000, 3400))
     img.paste((150, 70, 30), (800, 0, 4200, 3400))  # a bright 3400 px "disc"
+    for x in range(900, 4200, 300):  # with "vessels": a flat frame is no photograph
+        img.paste((60, 20, 10), (x, 0, x + 40, 3400))
     path = tmp_path / f"huge.{fmt.lower()}"
     img.save(path, format=fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
     loaded = load_image(path, min_side=2 * 64)
@@ -174,7 +180,8 @@ def test_no_retina_is_an_ordinary_error(tmp_path):
 def test_a_small_field_of_view_still_counts(tmp_path, radius, found):
     yy, xx = np.mgrid[:100, :100]
     img = np.zeros((100, 100, 3), np.uint8)
-    img[(yy - 50) ** 2 + (xx - 50) ** 2 < radius**2] = (150, 70, 30)
+    disc = (yy - 50) ** 2 + (xx - 50) ** 2 < radius**2
+    img[disc] = np.random.default_rng(0).integers(120, 200, (int(disc.sum()), 3))
     Image.fromarray(img).save(tmp_path / "small.png")
     if found:
         assert preprocess_image(tmp_path / "small.png", 32)[16, 16, 0] > 100
@@ -335,3 +342,39 @@ def test_missing_or_damaged_prepared_data_says_what_to_do(tmp_path):
         assert str(info.value).endswith(hint + " it"), folder.name
     with pytest.raises(DatasetError, match="not a .npy file"):
         PreparedImages(tmp_path / "garbage" / "images.npy")
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: Image.new("RGB", (1, 1), (120, 60, 30)), "1x1 px, too small"),
+        (lambda: Image.new("RGB", (4000, 10), (120, 60, 30)), "an aspect ratio of 400.0:1"),
+        (lambda: Image.new("RGB", (300, 300), (255, 255, 255)), "100 % of the field is pure white"),
+        (lambda: Image.new("RGB", (300, 300), (128, 60, 30)), "a uniform frame"),
+        (
+            lambda: Image.fromarray(
+                np.kron(  # 20 px patches, 80 % of them white
+                    np.where(np.random.default_rng(0).random((15, 15, 1)) < 0.2, 200, 255),
+                    np.ones((20, 20, 3)),
+                ).astype(np.uint8)
+            ),
+            "of the field is pure white",
+        ),
+    ],
+)
+def test_what_cannot_be_a_fundus_photograph_is_refused_with_its_reason(tmp_path, make, reason):
+    """1x1, a 4000x10 strip, an all-white square, a mostly white frame: refused, not graded."""
+    path = tmp_path / "odd.png"
+    make().save(path)
+    with pytest.raises(NoRetinaError, match=re.escape(reason)):
+        preprocess_image(path, 64)
+
+
+def test_real_looking_photographs_pass_the_checks(tmp_path):
+    """The demo's photographs of both cameras, at their sizes, are accepted."""
+    from retfound_hpo.data.demo.render import CAMERA_A, CAMERA_B, render_fundus
+
+    for i, camera in enumerate((CAMERA_A, CAMERA_B)):
+        pixels = render_fundus(4, np.random.default_rng(i), camera, lesion_scale=2.0)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        assert preprocess_image(tmp_path / f"{i}.png", 96).shape == (96, 96, 3)

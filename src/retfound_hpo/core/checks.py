@@ -6,7 +6,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from retfound_hpo.core.errors import ConfigError
-from retfound_hpo.core.paths import check_paths
 from retfound_hpo.core.space import LORA_TARGET_NAMES, check_search_space, fixed_params
 
 if TYPE_CHECKING:
@@ -153,7 +152,6 @@ def check_values(p: Params) -> None:
         ev.referable_target,
         "must be in (0, 1] (the val sensitivity the threshold must reach)",
     )
-    check_paths(p)
     check_search_space(h.search_space)
     for i, values in enumerate(h.enqueue_trials):
         fixed_params(h.search_space, values, f"hpo.enqueue_trials[{i}]")

@@ -13,6 +13,7 @@ from retfound_hpo.core.checks import check_values
 from retfound_hpo.core.cli import run_stage
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params import Params
+from retfound_hpo.core.paths import check_paths
 from retfound_hpo.core.space import normalize_search_space
 from retfound_hpo.core.typed import build, yaml_problem
 
@@ -30,6 +31,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     space = normalize_search_space(params.hpo.search_space)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
     check_values(params)
+    check_paths(params, path.resolve().parent)
     return params
 
 

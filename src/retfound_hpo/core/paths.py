@@ -9,8 +9,9 @@ an input (the checkpoint, a labels file, an image folder).
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import PurePath, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retfound_hpo.core.errors import ConfigError
@@ -36,23 +37,23 @@ def check_name(key: str, value: str, what: str) -> None:
         )
 
 
-def _parts(value: str) -> tuple[str, ...]:
-    return PurePosixPath(value.replace("\\", "/")).parts
+def _parts(value: str, root: Path) -> tuple[str, ...]:
+    """A path of params as parts relative to the project root (outside it: starting '..')."""
+    path = Path(os.path.normpath(root / Path(value).expanduser()))
+    return Path(os.path.relpath(path, root)).parts if path != root else ()
 
 
-def check_output_dir(key: str, value: str) -> tuple[str, ...]:
-    """An output folder: relative, inside the project, not its code; returns its parts."""
-    parts = _parts(value)
-    if PurePath(value).is_absolute() or value.startswith(("/", "~")):
-        problem = "an absolute path; outputs live inside the project (DVC tracks them there)"
-    elif not parts or parts == (".",):
+def check_output_dir(key: str, value: str, root: Path) -> tuple[str, ...]:
+    """An output folder: inside the project, not the project itself nor its code; its parts."""
+    parts = _parts(value, root)
+    if not parts:
         problem = "the project folder itself"
-    elif ".." in parts:
-        problem = "outside the project ('..')"
+    elif parts[0] == "..":
+        problem = f"outside the project ({root})"
     elif parts[0] in PROJECT_FILES:
         problem = f"inside the project's own {parts[0]}/"
     else:
-        return tuple(p for p in parts if p != ".")
+        return parts
     raise ConfigError(
         f"{key}: {value!r} is not allowed; {problem}: give a folder such as 'results/x'"
     )
@@ -62,8 +63,10 @@ def _inside(inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
     return inner[: len(outer)] == outer
 
 
-def check_paths(p: Params) -> None:
-    """Names and folders of `p` that become paths (see the module docstring)."""
+def check_paths(p: Params, root: str | Path = ".") -> None:
+    """Names and folders of `p` that become paths (see the module docstring); `root` is the
+    project folder (where params.yaml is, and where the stages run)."""
+    root = Path(os.path.abspath(root))
     check_name("hpo.study_name", p.hpo.study_name, "the study name")
     if "@" in p.hpo.study_name:  # `<name>@<id>` is how a study of other inputs is kept aside
         raise ConfigError(
@@ -79,8 +82,8 @@ def check_paths(p: Params) -> None:
             )
     outputs = _output_dirs(p)
     defaults = _output_dirs(type(p)())
-    parts = {key: check_output_dir(key, value) for key, value in outputs.items()}
-    parts["prepare-split's summary (results/data)"] = _parts(SUMMARY_DIR)
+    parts = {key: check_output_dir(key, value, root) for key, value in outputs.items()}
+    parts["prepare-split's summary (results/data)"] = _parts(SUMMARY_DIR, root)
     # The demo's labels and images are prepare-split's own output when the demo is on.
     demo_inputs = {"data.csv": p.data.csv, "data.images": p.data.images}
     for i, ds in enumerate(p.evaluate.datasets):
@@ -88,9 +91,7 @@ def check_paths(p: Params) -> None:
         demo_inputs |= {f"evaluate.datasets[{i}].images": ds.images}
     inputs = {"model.checkpoint": p.model.checkpoint, **demo_inputs}
     for in_key, value in inputs.items():
-        if PurePath(value).is_absolute():
-            continue
-        path = _parts(value)
+        path = _parts(value, root)
         for out_key, out in parts.items():
             if out_key.startswith("prepare-split"):
                 continue

@@ -34,10 +34,37 @@ MASK_SIDE = 512  # the disc is located on a thumbnail this size, then cropped at
 # black or badly under-exposed frame fills almost none and would train on noise.
 MIN_RETINA_FRACTION = 0.05
 SHOW_FAILURES = 5  # unusable images named in the error message
+# What a fundus photograph can be: its shorter side at least half the model's input (a smaller
+# one would be blown up into blur) and never under 16 px; at most MAX_ASPECT wide as it is high
+# (cameras frame 1:1 to about 1.6:1); some detail in the field (a uniform frame holds none); not
+# mostly overexposed (every channel >= 250 over most of the field).
+MIN_SIDE = 16
+MAX_ASPECT = 2.5
+MIN_DETAIL_STD = 4.0
+MAX_WHITE_FRACTION = 0.5
 
 
 class NoRetinaError(ValueError):
-    """An image in which no retina can be found: almost all of it is as dark as the border."""
+    """An image in which no retina can be found: almost all of it is as dark as the border,
+    or it cannot be a fundus photograph at all (too small, a strip, blank or white)."""
+
+
+def check_photograph(path: str | Path, size: int) -> None:
+    """Raise NoRetinaError when the file's frame cannot be a fundus photograph (size, shape);
+    reads only the image header."""
+    with Image.open(path) as head:
+        w, h = head.size
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise NoRetinaError(
+            f"not a fundus photograph: {w}x{h} px, an aspect ratio of {max(w, h) / min(w, h):.1f}"
+            f":1 (fundus cameras frame 1:1 to about 1.6:1; at most {MAX_ASPECT}:1 is accepted)"
+        )
+    smallest = max(MIN_SIDE, size // 2)
+    if min(w, h) < smallest:
+        raise NoRetinaError(
+            f"not a fundus photograph: {w}x{h} px, too small (the shorter side must be at least "
+            f"{smallest} px for {size} px inputs)"
+        )
 
 
 def crop_to_disc(img: Image.Image) -> Image.Image:
@@ -50,6 +77,18 @@ def crop_to_disc(img: Image.Image) -> Image.Image:
         raise NoRetinaError(
             f"no retina found: only {100 * mask.mean():.1f} % of the image is brighter than the "
             f"black border, expected at least {100 * MIN_RETINA_FRACTION:.0f} %"
+        )
+    field = np.asarray(thumb)[mask].astype(np.float32)  # (n, 3) pixels brighter than the border
+    white = (field >= 250).all(axis=1).mean()
+    if white > MAX_WHITE_FRACTION:
+        raise NoRetinaError(
+            f"not a fundus photograph: {100 * white:.0f} % of the field is pure white "
+            "(overexposed, or not a retina)"
+        )
+    if field.mean(axis=1).std() < MIN_DETAIL_STD:
+        raise NoRetinaError(
+            "not a fundus photograph: a uniform frame, no vessels or detail "
+            f"(brightness varies by {field.mean(axis=1).std():.1f} of 255)"
         )
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     sx, sy = img.width / thumb.width, img.height / thumb.height
@@ -96,6 +135,7 @@ def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
 
 def preprocess_image(path: str | Path, size: int) -> np.ndarray:
     """Load, crop to the disc, square and resize one image: (size, size, 3) uint8."""
+    check_photograph(path, size)
     # Twice the output size survives the crop with margin: the disc spans most of the short side.
     img = crop_to_disc(load_image(path, min_side=2 * size))
     return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
