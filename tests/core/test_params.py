@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import run_script
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params_yaml import load_params
 
@@ -153,16 +154,27 @@ def tab_line() -> int:
         ),
     ],
 )
-def test_bad_params_file_stops_the_stages_in_one_line(tmp_path, edit, line, stages):
+def test_bad_params_file_stops_the_stages_in_one_line(
+    tmp_path, monkeypatch, capsys, edit, line, stages
+):
     text = edit((REPO / "params.yaml").read_text())
     assert text != (REPO / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text)
     for stage in stages:
-        proc = subprocess.run(
-            [sys.executable, str(REPO / f"stages/{stage}.py")],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert (proc.returncode, proc.stderr.strip()) == (2, line.format(tab=tab_line())), stage
+        code, err = run_script(REPO / f"stages/{stage}.py", tmp_path, monkeypatch, capsys)
+        assert (code, err.strip()) == (2, line.format(tab=tab_line())), stage
+
+
+def test_a_bad_params_file_is_one_line_and_exit_code_2_in_a_real_process(tmp_path):
+    """What the in-process runs above stand for: a separate `python stages/...` process (the
+    check-params stage: it imports no torch, so the process costs a fraction of a second)."""
+    (tmp_path / "params.yaml").write_text(tab_indented((REPO / "params.yaml").read_text()))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages/check_params.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: params.yaml: line ")

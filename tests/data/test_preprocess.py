@@ -2,8 +2,8 @@
 without a retina, all-or-nothing caches, missing or damaged prepared sets."""
 
 import logging
-import re
 import pickle
+import re
 import shutil
 
 import numpy as np
