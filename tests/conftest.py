@@ -114,6 +114,20 @@ def sh(cmd: str, cwd: Path) -> str:
     return proc.stdout
 
 
+def follow_captured_stderr() -> None:
+    """Log handlers keep the stderr they were created with (Optuna's own; the stage runner's
+    logging.basicConfig on the root logger): in process, an earlier test's captured stream,
+    closed by now. Point them at this test's."""
+    import logging
+
+    for name in ("", "optuna"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr  # not setStream: it would flush the closed one
+                if hasattr(handler.formatter, "stream"):  # colorlog's asks it if it is a tty
+                    handler.formatter.stream = sys.stderr
+
+
 def run_script(script: Path, cwd: Path, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
     """Run a stage script (or a console command's module) in this process, as `python script
     argv...` from `cwd` would: its exit code and stderr. Seconds faster than a subprocess, which
@@ -121,6 +135,7 @@ def run_script(script: Path, cwd: Path, monkeypatch, capsys, *argv: str) -> tupl
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", [str(script), *argv])
     capsys.readouterr()
+    follow_captured_stderr()
     code, message = 0, ""
     try:
         runpy.run_path(str(script), run_name="__main__")

@@ -29,6 +29,18 @@ def check_values(p: Params) -> None:
     # numpy's generators take seeds below 2**32; a negative seed fails deep inside a trial.
     _require(0 <= p.seed < 2**32, "seed", p.seed, "must be an integer in [0, 2**32)")
     _require(d.format in DATA_FORMATS, "data.format", d.format, f"choose one of {DATA_FORMATS}")
+    sets = [
+        ("data", d),
+        *((f"evaluate.datasets[{i}]", ds) for i, ds in enumerate(p.evaluate.datasets)),
+    ]
+    for key, reader in sets:  # the generic reader needs to know which columns hold what
+        for column in ("id_column", "label_column"):
+            _require(
+                reader.format != "csv" or bool(getattr(reader, column)),
+                f"{key}.{column}",
+                getattr(reader, column),
+                "format 'csv' needs id_column and label_column (the CSV's column names)",
+            )
     for key, frac in (
         ("data.val_fraction", d.val_fraction),
         ("data.test_fraction", d.test_fraction),

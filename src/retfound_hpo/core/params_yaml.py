@@ -21,12 +21,18 @@ from retfound_hpo.core.typed import build, yaml_problem
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ConfigError naming the first bad key."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder; give the params file (params.yaml) in it")
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: {yaml_problem(err)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); params.yaml is YAML") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     params = build(Params, raw, "")
     space = normalize_search_space(params.hpo.search_space)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))

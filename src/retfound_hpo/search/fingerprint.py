@@ -62,6 +62,10 @@ def study_fingerprint(
     start = time.perf_counter()
     m, t, h = model, train_cfg, hpo
     checkpoint = Path(m.checkpoint)
+    if checkpoint.is_dir():
+        raise CheckpointError(
+            f"{checkpoint}: a folder, not a checkpoint file; set model.checkpoint to the .pth in it"
+        )
     if not checkpoint.is_file():
         raise CheckpointError(f"model.checkpoint: {checkpoint} not found")
     fingerprint = {
