@@ -32,3 +32,13 @@ def test_ratio_score_interval_inverts_the_score_test(counts):
     for value in (low, high):
         res = score_test_2indep(*counts, value=value, compare="ratio", method="score")
         assert res.pvalue == pytest.approx(0.05, abs=1e-6)
+
+
+def test_everyone_or_nobody_referred_is_never_a_zero_width_interval():
+    everyone = predictive_values(tp=10, fn=0, tn=0, fp=30, prevalence=0.078)
+    assert everyone.ppv == pytest.approx(0.078)  # se 1, sp 0: PPV is the prevalence
+    assert everyone.ppv_low < 0.078 < everyone.ppv_high
+    assert np.isnan([everyone.npv, everyone.npv_low, everyone.npv_high]).all()  # undefined
+    nobody = predictive_values(tp=0, fn=10, tn=30, fp=0, prevalence=0.078)
+    assert nobody.npv == pytest.approx(0.922) and nobody.npv_low < nobody.npv < nobody.npv_high
+    assert np.isnan([nobody.ppv, nobody.ppv_low, nobody.ppv_high]).all()

@@ -51,8 +51,13 @@ def ratio_interval(
         return float("nan"), float("nan")  # Mercaldo's logit interval is undefined there
     inverse = False
     if method == "score" and c2 == n2:
-        if c1 == n1:  # both proportions 1: Koopman's closed form is degenerate
-            method = "log-adjusted"
+        if c1 == n1:
+            # both proportions 1 (e.g. everyone referred: LR+ = 1 / 1): the score interval
+            # degenerates to a point; the ratio of the two Wilson intervals' ends instead
+            # (conservative, never zero width)
+            lo1, hi1 = proportion_interval(c1, n1, 1.0 - alpha)
+            lo2, hi2 = proportion_interval(c2, n2, 1.0 - alpha)
+            return float(lo1 / hi2), (float(hi1 / lo2) if lo2 > 0 else np.inf)
         else:
             # statsmodels 0.15's Koopman closed form collapses to a point when c2 == n2 (e.g.
             # LR- with specificity 1); the inverse ratio's interval is fine there, and a ratio's
@@ -114,4 +119,8 @@ def predictive_values(
     ppv_lo, ppv_hi, npv_lo, npv_hi = (
         float(np.clip(b, 0.0, 1.0)) for b in (ppv_lo, ppv_hi, npv_lo, npv_hi)
     )
+    if np.isnan(ppv):  # nobody referred: PPV undefined, and so is its interval
+        ppv_lo = ppv_hi = nan
+    if np.isnan(npv):  # everybody referred
+        npv_lo = npv_hi = nan
     return PredictiveValues(prevalence, ppv, ppv_lo, ppv_hi, npv, npv_lo, npv_hi, method)
