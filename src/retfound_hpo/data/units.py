@@ -77,5 +77,5 @@ def describe_units(table: pd.DataFrame, units: pd.Series | None = None) -> dict[
         "unit": " + ".join(joined) or "unit",
         "units": n_units,
         "unit_note": f"{n_images} images in {n_units} independent units (connected groups of "
-        f"images sharing a {shared}); every interval resamples units",
+        f"images that share one {shared}); every interval resamples units",
     }

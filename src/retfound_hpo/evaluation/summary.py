@@ -17,11 +17,13 @@ ROWS = (  # (metric, label)
     ("referable_ppv_at_prevalence", "referable PPV at the stated prevalence"),
     ("referable_npv_at_prevalence", "referable NPV at the stated prevalence"),
     ("ece", "ECE (grades, top label)"),
+    ("ece_bootstrap_bias", "its bootstrap bias"),
     ("referable_ece", "ECE of P(referable)"),
+    ("referable_ece_bootstrap_bias", "its bootstrap bias"),
     ("referable_calibration_slope", "calibration slope of P(referable)"),
     ("referable_calibration_intercept", "calibration intercept of P(referable)"),
 )
-GROUP_ROWS = ROWS[4:11]
+GROUP_ROWS = ROWS[4:11]  # referable AUROC to NPV at the stated prevalence
 SEED_ROWS = ("accuracy", "kappa", "auroc", "referable_sensitivity", "referable_specificity")
 
 
