@@ -87,10 +87,12 @@ def test_delong_equals_mlstatkit(seed):
     assert abs(res.se**2 - info["var_diff"]) < 1e-12
 
 
-def test_identical_curves_and_no_positive():
-    y, a, _ = random_pair(5)
+def test_identical_curves_no_positive_and_a_single_unit():
+    y, a, b = random_pair(5)
     res = delong_test(y, a, a)
     assert res.z == 0.0 and res.p_value == 1.0
+    one = delong_test(y, a, b, units=np.zeros(len(y)))  # every image in one unit
+    assert np.isnan(one.se) and np.isnan(one.p_value) and one.n_units == 1
     with pytest.raises(ValueError, match="at least one positive"):
         delong_test(np.zeros(5, bool), np.arange(5.0), np.arange(5.0))
 

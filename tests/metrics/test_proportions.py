@@ -91,3 +91,11 @@ def test_clustered_never_collapses_at_0_and_1():
     hits = np.ones((2, 240))
     assert clustered_lower_bound(hits, None).shape == (2,)
     assert (clustered_lower_bound(hits, units) < clustered_lower_bound(hits, None)).all()
+
+
+def test_a_single_unit_counts_once():
+    """Both eyes of one exam (e.g. the only grade-4 images of a data set): one unit, n_eff 1."""
+    res = clustered_proportion_interval(np.array([1.0, 0.0]), np.array(["e1", "e1"]))
+    assert res.n_units == 1 and res.deff == 2.0 and res.n_eff == 1.0
+    assert 0 < res.low < 0.5 < res.high < 1
+    assert np.isnan(cluster_variance_of_mean(np.array([1.0, 0.0]), np.array([0, 0])))

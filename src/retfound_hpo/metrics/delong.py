@@ -72,6 +72,8 @@ def obuchowski_covariance(
     comp = np.zeros((len(aucs), len(positive)))
     comp[:, positive] = (v10 - aucs[:, None]) / v10.shape[1]
     comp[:, ~positive] = (v01 - aucs[:, None]) / v01.shape[1]
+    if len(sizes) < 2:  # one unit: no between-unit variance to estimate
+        return aucs, np.full((len(aucs),) * 2, np.nan)
     d = unit_sums(comp, codes, len(sizes))  # (k, I)
     return aucs, len(sizes) / (len(sizes) - 1) * d @ d.T
 
@@ -97,14 +99,17 @@ def delong_test(
     z = diff / se, two-sided p, CI = diff -+ z_{alpha/2} se. Assumes independent images, or
     independent `units` (then Obuchowski's variance), and enough of both classes for the normal
     approximation. A zero variance (identical scores) gives z = 0 and p = 1 when diff = 0, as
-    pROC does, else z = +-inf and p = 0."""
+    pROC does, else z = +-inf and p = 0; a single unit gives NaN."""
     alpha = check_level(level)
     y = np.asarray(y_true).astype(bool)
     scores = np.vstack([np.asarray(score_a, float), np.asarray(score_b, float)])
     aucs, cov, method, n_units = _covariance(y, scores, units)
     diff = float(aucs[1] - aucs[0])
-    se = float(np.sqrt(max(float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]), 0.0)))
-    if se > 0:
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    se = float(np.sqrt(max(var, 0.0))) if np.isfinite(var) else float("nan")
+    if not np.isfinite(se):
+        z = float("nan")  # not estimable (a single unit)
+    elif se > 0:
         z = diff / se
     else:
         z = 0.0 if diff == 0 else float(np.sign(diff) * np.inf)

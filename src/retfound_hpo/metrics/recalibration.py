@@ -86,7 +86,7 @@ def calibration_slope_intercept(
                 strict=True,
             )
         )
-    except (np.linalg.LinAlgError, ValueError):
+    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
         return {k: float("nan") for k in out}
     if not all(np.isfinite(v) and abs(v) < 1e3 for v in out.values()):
         return {k: float("nan") for k in out}  # diverged: separation, not a calibration
