@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -339,3 +340,7 @@ def test_predictions_are_kept_in_git():
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate-cross-dataset"]
     outs = {next(iter(o)): o[next(iter(o))] for o in stage["outs"] if isinstance(o, dict)}
     assert outs["results/eval/datasets"]["cache"] is False
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "results/eval/datasets/val/predictions.csv"], cwd=REPO
+    )
+    assert ignored.returncode == 1  # not ignored: `git add` takes it
