@@ -46,6 +46,23 @@ def test_slope_and_intercept_against_statsmodels_and_the_truth():
     width = lambda c: c["calibration_slope_ci_high"] - c["calibration_slope_ci_low"]  # noqa: E731
     assert width(paired) > 1.3 * width(plain)
     assert np.isnan(calibration_slope_intercept(np.ones(10, bool), score[:10])["calibration_slope"])
+    # perfectly separated: the slope is not identified (NaN), the intercept still is
+    separated = calibration_slope_intercept(score[:40] > 0.4, score[:40])
+    assert np.isnan(separated["calibration_slope"]) and np.isnan(
+        separated["calibration_slope_ci_low"]
+    )
+
+
+def test_steep_but_identified_slope_keeps_its_clustered_interval():
+    """Scores squeezed into a narrow band (the demo's camera B): the slope is large, and the
+    cluster-robust interval exists (GLM's sandwich gave NaN there)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(-3.0, 0.3, 400)  # logit of the score: all near 0.05
+    truth = rng.random(400) < 1 / (1 + np.exp(-(20 + 7 * x)))  # true slope 7
+    score = 1 / (1 + np.exp(-x))
+    c = calibration_slope_intercept(truth, score, units=np.arange(400) // 2)
+    assert c["calibration_slope_ci_low"] < 7 < c["calibration_slope_ci_high"]
+    assert c["calibration_slope_ci_low"] < c["calibration_slope"] < c["calibration_slope_ci_high"]
 
 
 def test_temperature_scaling_recovers_a_known_temperature():

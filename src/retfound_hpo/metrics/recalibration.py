@@ -7,8 +7,8 @@
 - Calibration intercept and slope (Cox 1958; Van Calster et al. 2016): logistic regressions of
   the referable outcome on logit P(referable); the slope from y ~ a + b logit(p) (1: ideal,
   < 1: over-confident), the intercept from y ~ a + offset(logit p) (0: ideal, < 0: scores too
-  high on average). Wald intervals from statsmodels' GLM, cluster-robust by resampling unit when
-  a unit holds several images.
+  high on average). Wald intervals from statsmodels' Logit, cluster-robust by resampling unit
+  when a unit holds several images.
 - Temperature scaling (Guo et al. 2017): one T > 0 fitted on val by maximum likelihood of the
   grades, applied as softmax(log p / T); the argmax grade does not change.
 """
@@ -21,6 +21,7 @@ import numpy as np
 import statsmodels.api as sm
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logit, softmax
+from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
 from retfound_hpo.metrics.calibration import ECE_BINS
 from retfound_hpo.metrics.proportions import check_level, unit_codes
@@ -44,12 +45,21 @@ def weighted_binary_ece(positive: np.ndarray, score: np.ndarray, weights: np.nda
 
 
 def _fit(y, exog, offset, groups, level):
-    """(estimates, lows, highs) of a binomial GLM; cluster-robust where groups are given."""
-    model = sm.GLM(y, exog, family=sm.families.Binomial(), offset=offset)
+    """(estimates, lows, highs) of a logistic regression, cluster-robust where groups are
+    given; None where the fit does not converge or the outcome is perfectly separated (the
+    slope is then not identified)."""
     kwargs = {"cov_type": "cluster", "cov_kwds": {"groups": groups}} if groups is not None else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # perfect separation etc.: judged by the result below
-        result = model.fit(**kwargs)
+    if offset is not None:  # start where the mean predicted equals the mean outcome
+        kwargs["start_params"] = [logit(np.clip(y.mean(), EPS, 1 - EPS)) - np.mean(offset)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = sm.Logit(y, exog, offset=offset).fit(disp=0, **kwargs)
+        except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
+            return None
+    separated = any(issubclass(w.category, PerfectSeparationWarning) for w in caught)
+    if separated or not result.mle_retvals.get("converged", False):
+        return None
     ci = np.asarray(result.conf_int(alpha=check_level(level)))
     return np.asarray(result.params), ci[:, 0], ci[:, 1]
 
@@ -58,7 +68,7 @@ def calibration_slope_intercept(
     positive: np.ndarray, score: np.ndarray, units: np.ndarray | None = None, level: float = 0.95
 ) -> dict[str, float]:
     """`calibration_slope`, `calibration_intercept` and their `_ci_low` / `_ci_high`; NaN where
-    the outcome has one class or the fit diverges (e.g. perfect separation)."""
+    the outcome has one class or a fit does not converge (perfect separation)."""
     keys = ("calibration_slope", "calibration_intercept")
     out = {f"{k}{s}": float("nan") for k in keys for s in ("", "_ci_low", "_ci_high")}
     y = np.asarray(positive, float)
@@ -69,28 +79,13 @@ def calibration_slope_intercept(
     if units is not None:
         codes, sizes = unit_codes(units)
         groups = codes if sizes.max() > 1 else None
-    try:
-        est, low, high = _fit(y, sm.add_constant(x, has_constant="add"), None, groups, level)
-        out |= dict(
-            zip(
-                (keys[0], *[keys[0] + s for s in ("_ci_low", "_ci_high")]),
-                (est[1], low[1], high[1]),
-                strict=True,
-            )
-        )
-        est, low, high = _fit(y, np.ones((len(y), 1)), x, groups, level)
-        out |= dict(
-            zip(
-                (keys[1], *[keys[1] + s for s in ("_ci_low", "_ci_high")]),
-                (est[0], low[0], high[0]),
-                strict=True,
-            )
-        )
-    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
-        return {k: float("nan") for k in out}
-    if not all(np.isfinite(v) and abs(v) < 1e3 for v in out.values()):
-        return {k: float("nan") for k in out}  # diverged: separation, not a calibration
-    return {k: float(v) for k, v in out.items()}
+    slope = _fit(y, sm.add_constant(x, has_constant="add"), None, groups, level)
+    intercept = _fit(y, np.ones((len(y), 1)), x, groups, level)
+    for key, fit, i in ((keys[0], slope, 1), (keys[1], intercept, 0)):
+        if fit is not None and all(np.isfinite(v[i]) for v in fit):
+            out |= {key: float(fit[0][i]), f"{key}_ci_low": float(fit[1][i])}
+            out[f"{key}_ci_high"] = float(fit[2][i])
+    return out
 
 
 def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:
