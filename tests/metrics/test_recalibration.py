@@ -60,6 +60,7 @@ def test_steep_but_identified_slope_keeps_its_clustered_interval():
     x = rng.normal(-3.0, 0.3, 400)  # logit of the score: all near 0.05
     truth = rng.random(400) < 1 / (1 + np.exp(-(20 + 7 * x)))  # true slope 7
     score = 1 / (1 + np.exp(-x))
+    truth[:20], score[:20] = False, 1e-8  # a few sure negatives: fitted P(referable) ~1e-35
     c = calibration_slope_intercept(truth, score, units=np.arange(400) // 2)
     assert c["calibration_slope_ci_low"] < 7 < c["calibration_slope_ci_high"]
     assert c["calibration_slope_ci_low"] < c["calibration_slope"] < c["calibration_slope_ci_high"]
