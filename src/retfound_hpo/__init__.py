@@ -5,7 +5,7 @@ Subpackages by pipeline concept, imports only downward (tests/test_architecture.
     core        params sections, their checks, errors, atomic files, the stage runner
     data        readers, preprocessing, splits, duplicates, the synthetic demo   (prepare-split)
     model       backbones, RETFound checkpoints, LoRA adapters, saved models
-    metrics     pure metric, bootstrap, operating-point and calibration functions
+    metrics     pure metric, interval, threshold, DeLong and calibration functions
     training    the one fit loop, optimiser, hyperparameters -> a run, train-best's work
     search      the Optuna study, objective, workers, fingerprint, preflight   (hpo-search)
     reporting   summary_report.md and plots                                    (export-report)

@@ -16,11 +16,12 @@ from retfound_hpo.data.duplicates import (
     HASH_BITS,
     close_pairs,
     drop_conflicting,
+    duplicate_groups,
     find_duplicates,
     hash_images,
-    split_units,
 )
 from retfound_hpo.data.preprocess import preprocess_image
+from retfound_hpo.data.units import resampling_units
 
 MAX_DISTANCE = 60  # data.duplicate_distance's default
 
@@ -149,7 +150,7 @@ def test_drop_conflicting_drops_only_conflicting_groups():
     assert [r["dropped"] for r in records] == [True, False]
 
 
-def test_split_units_merge_patients_that_share_duplicates():
+def test_units_merge_patients_that_share_duplicates():
     # Patients a..e; a duplicate links a with c, another c with d: a, c, d become one unit.
     patients = ["a", "a", "b", "c", "c", "d", "e"]
     table = table_of([0, 1, 2, 3, 0, 1, 4], patients)
@@ -158,10 +159,12 @@ def test_split_units_merge_patients_that_share_duplicates():
         {"rows": [6, 7], "dropped": False},  # img4 (c) ~ img5 (d)
         {"rows": [4, 8], "dropped": True},  # b ~ e, but dropped: no link
     ]
-    units = split_units(table, records)
+    groups = duplicate_groups(table, records)
+    assert groups.tolist() == ["dup0", "", "", "dup0", "dup1", "dup1", ""]
+    units = resampling_units(table.assign(duplicate_group=groups))
     assert units.index.equals(table.index)
     assert units.tolist() == ["a", "a", "b", "a", "a", "a", "e"]
-    assert (split_units(table, []) == table["patient"]).all()
+    assert (resampling_units(table) == table["patient"]).all()
 
 
 @pytest.mark.parametrize(

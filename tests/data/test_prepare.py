@@ -306,6 +306,12 @@ def test_planted_duplicates_share_a_split_and_are_reported(tmp_path, planted, ca
     groups = [["eye00", "c0resized"], ["eye01", "c1regraded"], ["eye02", "c2jpeg", "c2small"]]
     for group in groups:
         assert len({where[i] for i in group}) == 1, group
+    # ... and one resampling unit, recorded in the prepared index for the evaluation
+    index = pd.concat(load_prepared(tmp_path / "prepared" / s)[1] for s in ("train", "val", "test"))
+    unit_of = dict(zip(index["id"], index["unit"], strict=True))
+    for group in groups:
+        assert len({unit_of[i] for i in group}) == 1, group
+    assert index["unit"].nunique() == 29 - 4 and summary["train"]["units"] < 29
     report = summary["duplicates"]
     assert sorted(sorted(g["ids"]) for g in report["group_list"]) == sorted(map(sorted, groups))
     assert (report["groups"], report["images"], report["conflicting_groups"]) == (3, 7, 1)
@@ -347,3 +353,83 @@ def test_no_pool_is_left_behind(tmp_path, planted):
     assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == [
         "domain_b", "test", "train", "val"
     ]  # fmt: skip
+
+
+def messidor_exams_folder(root, n_exams=20):
+    """Messidor-2 as training data: n exams of two eyes (fellow eyes graded alike or one
+    grade apart) and the exam list, `left;right`, as ADCIS ships it."""
+    (root / "IMAGES").mkdir(parents=True)
+    rows, pairs = [], []
+    for e in range(n_exams):
+        left, right = f"2005{e:04d}_{2 * e:05d}_0100_PP.png", f"IM{e:06d}.JPG"
+        grades = (e % 5, max(0, e % 5 - (e // 5) % 2))
+        for i, (name, grade) in enumerate(zip((left, right), grades, strict=True)):
+            img = fundus_like(np.random.default_rng(1000 + 2 * e + i), size=24, border=4)
+            Image.fromarray(img).save(root / "IMAGES" / name)
+            rows.append(f"{name.lower() if i else name},{grade},0,1\n")  # IM...jpg in the CSV
+        pairs.append(f"{left};{right}\n")
+    header = "image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable\n"
+    (root / "messidor_data.csv").write_text(header + "".join(rows))
+    (root / "messidor-2.csv").write_text("left;right\n" + "".join(pairs))
+    return root
+
+
+def test_messidor_exam_list_keeps_both_eyes_in_one_split(tmp_path):
+    root = messidor_exams_folder(tmp_path / "messidor")
+    params = stage_params(
+        tmp_path,
+        format="messidor",
+        csv=str(root / "messidor_data.csv"),
+        images=str(root / "IMAGES"),
+        exams=str(root / "messidor-2.csv"),
+        val_fraction=0.25,
+        test_fraction=0.25,
+    )
+    summary = run_prepare(params)
+    exams = {}
+    for name in ("train", "val", "test"):
+        index = load_prepared(tmp_path / "prepared" / name)[1]
+        assert {"exam", "duplicate_group", "unit"} <= set(index.columns)
+        assert (index.groupby("exam")["unit"].nunique() == 1).all()  # one unit per exam
+        assert (index.groupby("exam").size() == 2).all()  # both eyes here
+        assert summary[name]["exams"] == summary[name]["units"] == len(index) // 2
+        exams |= dict.fromkeys(index["exam"], name)
+    assert len(exams) == 20  # every exam in exactly one split (keys are unique)
+    # without the list the eyes are independent images, and split apart
+    (tmp_path / "prepared").rename(tmp_path / "with_exams")
+    run_prepare(dataclasses.replace(params, data=dataclasses.replace(params.data, exams=None)))
+    split_of = {}
+    for name in ("train", "val", "test"):
+        index = load_prepared(tmp_path / "prepared" / name)[1]
+        assert (index["unit"] == index["patient"]).all() and (index["exam"].isna()).all()
+        split_of |= dict.fromkeys(index["id"], name)
+    pairs = (root / "messidor-2.csv").read_text().splitlines()[1:]
+    apart = [p for p in pairs if split_of[p.split(";")[0]] != split_of[p.split(";")[1].lower()]]
+    assert apart  # the exam list is what kept them together
+
+
+def test_bad_exam_list_stops_the_stage_in_one_line(tmp_path, monkeypatch, capsys):
+    from retfound_hpo.core.cli import run_stage
+    from retfound_hpo.data.prepare import prepare_split
+
+    root = messidor_exams_folder(tmp_path / "messidor", n_exams=4)
+    lines = (root / "messidor-2.csv").read_text().splitlines()
+    lines[3] = lines[3].split(";")[0] + ";" + lines[1].split(";")[1]  # an eye in two exams
+    (root / "messidor-2.csv").write_text("\n".join(lines) + "\n")
+    params = stage_params(
+        tmp_path,
+        format="messidor",
+        csv=str(root / "messidor_data.csv"),
+        images=str(root / "IMAGES"),
+        exams=str(root / "messidor-2.csv"),
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(lambda: prepare_split(params.data, (), input_size=32, num_classes=5, seed=0))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert err == (
+        f"error: {root / 'messidor-2.csv'}: row 4: image 'IM000000.JPG' is already in the exam "
+        "of row 2"
+    )
+    assert_nothing_written(tmp_path)

@@ -155,3 +155,21 @@ def test_lesion_scale_makes_grade_1_subtler():
 def test_invalid_grade_is_rejected():
     with pytest.raises(ValueError, match="grade"):
         render(5, 0)
+
+
+def test_messidor_exams_of_two_eyes_with_their_exam_list(demo):
+    """Camera B is exams of two eyes, listed as Messidor-2's messidor-2.csv lists them."""
+    from retfound_hpo.data.formats import read_dataset
+
+    rows = read_rows(demo / "messidor" / "messidor_data.csv")[1]
+    lines = (demo / "messidor" / "messidor-2.csv").read_text().splitlines()
+    assert lines[0] == "left;right" and len(lines) - 1 == len(rows) // 2
+    listed = [name for line in lines[1:] for name in line.split(";")]
+    assert sorted(listed) == sorted(r["image_id"] for r in rows)  # every image, once
+    table = read_dataset(
+        "messidor",
+        demo / "messidor" / "messidor_data.csv",
+        demo / "messidor" / "IMAGES",
+        exams=str(demo / "messidor" / "messidor-2.csv"),
+    )
+    assert table["exam"].value_counts().max() == 2 and table["exam"].nunique() >= len(rows) // 2 - 2

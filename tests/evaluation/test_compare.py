@@ -2,10 +2,13 @@
 
 import json
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dvc.api import DVCFileSystem
 from sklearn.metrics import (
     accuracy_score,
@@ -15,10 +18,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from conftest import sh
+from conftest import REPO, sh
 from retfound_hpo.core.errors import DatasetError
 from retfound_hpo.evaluation.compare import main
-from retfound_hpo.evaluation.paired import Paired, paired_bootstrap, paired_predictions
+from retfound_hpo.evaluation.paired import (
+    Paired,
+    paired_bootstrap,
+    paired_comparison,
+    paired_predictions,
+)
+from retfound_hpo.metrics.delong import delong_test, holm
 
 METRICS = (
     "accuracy",
@@ -102,6 +111,33 @@ def test_paired_bootstrap_matches_a_brute_force_loop(unit):
     assert result["kappa"]["ci_low"] > 0 and result["kappa"]["p_value"] < 0.05
 
 
+def test_delong_beside_the_bootstrap_and_holm_over_the_metrics():
+    y, pa, pb = graded(120)
+    units = np.array([f"p{i // 2}" for i in range(len(y))])
+    result = paired_comparison(pair(y, pa, pb, units), METRICS, 100, 0)
+    delong = result["referable_auroc"]["delong"]
+    ref = delong_test(y >= 2, pa[:, 2:].sum(axis=1), pb[:, 2:].sum(axis=1), units=units)
+    assert delong["method"] == "obuchowski" and delong["n_units"] == 60
+    assert (delong["diff"], delong["p_value"], delong["ci_low"]) == (
+        ref.diff,
+        ref.p_value,
+        ref.ci_low,
+    )
+    assert delong["diff"] == pytest.approx(result["referable_auroc"]["diff"])  # the same AUROCs
+    # Holm over the family: DeLong's p for the referable AUROC, the bootstrap's for the rest
+    family = [
+        delong["p_value"] if m == "referable_auroc" else result[m]["p_value"] for m in METRICS
+    ]
+    _, adjusted = holm(np.array(family))
+    assert [result[m]["p_holm"] for m in METRICS] == pytest.approx(adjusted)
+    assert all(
+        result[m]["p_holm"] >= result[m]["p_value"] for m in METRICS if m != "referable_auroc"
+    )
+    # a single metric is a family of one: no adjustment
+    one = paired_comparison(pair(y, pa, pb, units), ("kappa",), 100, 0)
+    assert one["kappa"]["p_holm"] == one["kappa"]["p_value"]
+
+
 def test_patient_resampling_is_not_image_resampling():
     y, pa, pb = graded()
     patients = np.array([f"p{i // 2}" for i in range(len(y))])
@@ -146,7 +182,7 @@ def test_images_are_matched_by_id_not_by_row():
     np.testing.assert_array_equal(paired.y_true, y)
     np.testing.assert_allclose(paired.probs[1], pb)
     np.testing.assert_array_equal(paired.referred[1], referred(pb, 0.3))
-    assert list(paired.patients) == patients
+    assert list(paired.units) == patients  # the patients, where no unit is recorded
 
     # Runs evaluated before the operating point existed: no decisions, so no such metrics.
     old = paired_predictions(a, b.drop(columns="referable"), "val")
@@ -192,9 +228,13 @@ def test_command_compares_folders_dataset_by_dataset(tmp_path, capsys):
     val = report["datasets"]["val"]
     assert (val["unit"], val["n_units"], val["n_images"]) == ("patient", 50, 100)
     assert list(val["metrics"]) == list(METRICS)
-    expected = paired_bootstrap(pair(y, pa, pb, np.array(eyes)), METRICS, 100, 0)
+    expected = paired_comparison(pair(y, pa, pb, np.array(eyes)), METRICS, 100, 0)
+    assert val["metrics"]["referable_auroc"]["delong"]["method"] == "obuchowski"
     for metric, r in val["metrics"].items():
+        delong, expected_delong = r.pop("delong", {}), expected[metric].pop("delong", {})
         assert r == pytest.approx(expected[metric])
+        assert delong.pop("method", None) == expected_delong.pop("method", None)
+        assert delong == pytest.approx(expected_delong)
     assert report["datasets"]["test"]["unit"] == "image"
     main([str(tmp_path / "A"), str(tmp_path / "B"), "--json", "-d", "val", "--unit", "image"])
     assert json.loads(capsys.readouterr().out)["datasets"]["val"]["unit"] == "image"
@@ -202,7 +242,9 @@ def test_command_compares_folders_dataset_by_dataset(tmp_path, capsys):
     main([str(tmp_path / "A"), str(tmp_path / "B"), "--split", "val", "-m", "kappa"])
     head, _, *rows = capsys.readouterr().out.strip().splitlines()
     assert "paired bootstrap" in head and "of val: 50 patients" in head
-    assert rows[0].split() == ["dataset", "metric", "A", "B", "B", "-", "A", "95%", "CI", "p"]
+    assert rows[0].split() == [
+        "dataset", "metric", "A", "B", "B", "-", "A", "95%", "CI", "p", "p", "Holm"
+    ]  # fmt: skip
     (row,) = rows[1:]  # one dataset, one metric
     k = expected["kappa"]
     cells = ["val", "kappa", f"{k['a']:.3f}", f"{k['b']:.3f}", f"{k['diff']:+.3f}"]
@@ -264,3 +306,41 @@ def test_command_compares_two_dvc_variants(demo_pipeline):
     for ds in same["datasets"].values():
         for r in ds["metrics"].values():
             assert r["diff"] == 0 and r["ci_low"] <= 0 <= r["ci_high"] and r["p_value"] == 1
+
+
+def test_a_revision_whose_predictions_are_not_in_this_clone_is_one_line(tmp_path, capsys):
+    """A commit made before the predictions were kept in git, cloned without DVC's cache: one
+    line naming the revision and what is missing, not DVC's traceback."""
+    from dvc.repo import Repo
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    sh("git init -q", root)
+    repo = Repo.init(str(root))
+    y, pa, pb = graded(20)
+    write_variant(root, {"val": (y, pa, 0.5)})
+    repo.add(str(root / "results/eval/datasets"))  # a DVC-cached output, as before
+    sh("git add -A && git commit -qm old", root)
+    shutil.rmtree(root / ".dvc" / "cache")  # a fresh clone: no cache, no remote
+    shutil.rmtree(root / "results/eval/datasets")
+    write_variant(tmp_path / "B", {"val": (y, pb, 0.5)})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["HEAD", str(tmp_path / "B"), "--repo", str(root)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err, err
+    assert err.startswith(
+        "error: HEAD: results/eval/datasets is not in this clone: that revision keeps its "
+        "predictions in DVC's cache"
+    )
+
+
+def test_predictions_are_kept_in_git():
+    """dvc.yaml keeps each dataset's predictions out of DVC's cache (issue: a fresh clone could
+    not compare HEAD with an experiment)."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate-cross-dataset"]
+    outs = {next(iter(o)): o[next(iter(o))] for o in stage["outs"] if isinstance(o, dict)}
+    assert outs["results/eval/datasets"]["cache"] is False
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "results/eval/datasets/val/predictions.csv"], cwd=REPO
+    )
+    assert ignored.returncode == 1  # not ignored: `git add` takes it

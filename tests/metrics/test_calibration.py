@@ -69,3 +69,5 @@ def test_reliability_png():
     probs = probs_with_top([0.9, 0.9, 0.5, 0.3], [2, 2, 0, 4])
     png = reliability_png(np.array([2, 1, 0, 3]), probs, "test: ECE 0.400")
     Image.open(io.BytesIO(png)).verify()
+    both = reliability_png(np.array([2, 1, 0, 3]), probs, "grades", "P(referable)")
+    assert Image.open(io.BytesIO(both)).size[0] > 1.5 * Image.open(io.BytesIO(png)).size[0]

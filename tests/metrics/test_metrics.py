@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 
-from retfound_hpo.metrics.bootstrap import bootstrap_indices, bootstrap_intervals, resampling_units
+from retfound_hpo.metrics import bootstrap
+from retfound_hpo.metrics.bootstrap import bootstrap_indices
 from retfound_hpo.metrics.classification import classification_metrics, evaluation_metrics
 
 
@@ -141,6 +142,18 @@ def brute_force_metrics(y, probs, present, threshold):
     return m
 
 
+def bootstrap_intervals(y, probs, n_resamples, seed, units=None, threshold=None):
+    """metrics.bootstrap.bootstrap_intervals, flat: <metric>_ci_low, _ci_high, _ci_undefined."""
+    units = np.arange(len(y)) if units is None else units
+    result = bootstrap.bootstrap_intervals(y, probs, units, n_resamples, seed, threshold=threshold)
+    return {
+        f"{name}_ci_{key}": value
+        for name, r in result.items()
+        for key, value in r.items()
+        if key != "mean"
+    }
+
+
 def check_against_brute_force(fast, resampled, y, probs, threshold):
     """Each metric's interval and undefined count from `resampled` (lists of image indices)."""
     present = np.unique(y)
@@ -160,7 +173,6 @@ def test_bootstrap_intervals_match_a_brute_force_loop():
     y, probs = random_case(15, seed=3)
     n_resamples, seed, threshold = 100, 7, 0.4
     fast = bootstrap_intervals(y, probs, n_resamples, seed, threshold=threshold)
-    assert (fast["ci_unit"], fast["ci_units"], fast["ci_resamples"]) == ("image", 15, 100)
     rows = np.concatenate(list(bootstrap_indices(len(y), n_resamples, seed)))
     assert rows.shape == (n_resamples, len(y))
     check_against_brute_force(fast, rows, y, probs, threshold)
@@ -181,8 +193,7 @@ def identical_fellow_eyes(n_patients: int, seed: int):
 def test_patient_intervals_resample_patients():
     y, probs, patients = identical_fellow_eyes(12, seed=5)
     n_resamples, seed, threshold = 100, 1, 0.4
-    fast = bootstrap_intervals(y, probs, n_resamples, seed, patients=patients, threshold=threshold)
-    assert (fast["ci_unit"], fast["ci_units"]) == ("patient", 12)
+    fast = bootstrap_intervals(y, probs, n_resamples, seed, patients, threshold=threshold)
     # brute force: draw patients with the same seeded generator, then take all their images
     drawn = np.concatenate(list(bootstrap_indices(12, n_resamples, seed)))
     images_of = {p: np.flatnonzero(patients == f"p{p}") for p in range(12)}
@@ -194,24 +205,17 @@ def test_patient_intervals_are_wider_than_image_intervals_on_fellow_eyes():
     # Fellow eyes carry no more information than one eye: resampling images pretends twice as
     # many independent cases and gives intervals about 1/sqrt(2) as wide.
     y, probs, patients = identical_fellow_eyes(150, seed=6)
-    by_patient = bootstrap_intervals(y, probs, 1000, 0, patients=patients, threshold=0.4)
+    by_patient = bootstrap_intervals(y, probs, 1000, 0, patients, threshold=0.4)
     by_image = bootstrap_intervals(y, probs, 1000, 0, threshold=0.4)
-    assert by_patient["ci_unit"] == "patient" and by_image["ci_unit"] == "image"
     for name in ("accuracy", "kappa", "auroc", "referable_sensitivity", "referable_specificity"):
         widths = [ci[f"{name}_ci_high"] - ci[f"{name}_ci_low"] for ci in (by_patient, by_image)]
         assert 1.15 < widths[0] / widths[1] < 1.8, (name, widths)
 
 
-def test_one_image_per_patient_resamples_images():
-    ids = np.array(["a", "b", "c"])
-    assert resampling_units(ids, 3)[0] == "image"
-    assert resampling_units(None, 3)[0] == "image"
-    unit, codes = resampling_units(np.array(["x", "y", "x"]), 3)
-    assert unit == "patient" and codes.tolist() == [0, 1, 0]
+def test_unit_labels_are_numbered_in_order_of_appearance():
     y, probs = random_case(20, seed=8)
-    assert bootstrap_intervals(y, probs, 100, 3, patients=np.arange(20)) == bootstrap_intervals(
-        y, probs, 100, 3
-    )
+    names = np.array([f"u{i}" for i in range(20)])  # any labels: the same draws as 0..19
+    assert bootstrap_intervals(y, probs, 100, 3, names) == bootstrap_intervals(y, probs, 100, 3)
 
 
 def test_bootstrap_interval_by_hand():

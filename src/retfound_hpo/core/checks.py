@@ -164,6 +164,22 @@ def check_values(p: Params) -> None:
         ev.referable_target,
         "must be in (0, 1] (the val sensitivity the threshold must reach)",
     )
+    _require(
+        0.5 <= ev.referable_confidence < 1,
+        "evaluate.referable_confidence",
+        ev.referable_confidence,
+        "must be in [0.5, 1) (one-sided confidence of the val sensitivity's lower bound)",
+    )
+    _require(
+        ev.prevalence is None or 0 < ev.prevalence < 1,
+        "evaluate.prevalence",
+        ev.prevalence,
+        "must be in (0, 1) (referable DR in the screened population), or null",
+    )
+    for key, path in [("data.exams", d.exams)] + [
+        (f"evaluate.datasets[{i}].exams", ds.exams) for i, ds in enumerate(ev.datasets)
+    ]:
+        _require(path is None or path.strip() != "", key, path, "name the exam list, or null")
     check_search_space(h.search_space)
     for i, values in enumerate(h.enqueue_trials):
         fixed_params(h.search_space, values, f"hpo.enqueue_trials[{i}]")

@@ -33,6 +33,9 @@ class DataConfig:
     patient_column: str | None = None  # none: every image is its own patient
     path_template: str | None = None  # {id}, {label}, {patient}; default "{id}"
     extension: str | None = None  # e.g. ".png"
+    # Exam list (Messidor-2's messidor-2.csv, left;right): an exam's images share a split and a
+    # resampling unit, and referral is also reported per exam.
+    exams: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     # Near-duplicate photographs (perceptual hash) always share a split; drop_conflicting also
@@ -149,20 +152,39 @@ class EvalDataset:
     patient_column: str | None = None
     path_template: str | None = None
     extension: str | None = None
+    exams: str | None = None
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     datasets: tuple[EvalDataset, ...] = ()
     output_dir: str = "results/eval"
-    bootstrap_samples: int = 1000  # resamples for the 95% intervals (seeded by `seed`); 0: none
+    # Cluster-bootstrap resamples for the 95% intervals of AUROC, kappa, F1, ECE (seeded by
+    # `seed`); 0: none. Proportions always get proportion_interval (below).
+    bootstrap_samples: int = 1000
+    # Proportions (sensitivity, specificity, PPV, NPV, accuracy): Wilson or Clopper-Pearson,
+    # widened by the design effect where a resampling unit holds several images.
+    proportion_interval: Literal["wilson", "clopper-pearson"] = "wilson"
     # Referable-DR operating point: a threshold on P(grade >= 2) chosen on the val split, then
-    # applied unchanged to test and every dataset. "sensitivity": the highest threshold whose val
-    # sensitivity is >= referable_target; "youden": max sensitivity + specificity - 1. Screening
-    # default: a missed referable eye costs more than a false referral, and 0.90 is above the 80 %
-    # minimum of the UK screening standard and the 85 % endpoint of the IDx-DR pivotal trial.
-    referable_rule: Literal["sensitivity", "youden"] = "sensitivity"
-    referable_target: float = 0.9  # rule "sensitivity" only
+    # applied unchanged to test and every dataset. "sensitivity_lcb": the highest threshold whose
+    # one-sided lower confidence bound (referable_confidence) of val sensitivity reaches
+    # referable_target, so that the target holds beyond val; "sensitivity": the point estimate
+    # reaches it (true sensitivity falls short about half the time); "youden": max sensitivity +
+    # specificity - 1. Screening default: a missed referable eye costs more than a false
+    # referral, and 0.90 is above the 80 % minimum of the UK screening standard and the 85 %
+    # endpoint of the IDx-DR pivotal trial.
+    referable_rule: Literal["sensitivity_lcb", "sensitivity", "youden"] = "sensitivity_lcb"
+    referable_target: float = 0.9  # rules "sensitivity_lcb" and "sensitivity"
+    referable_confidence: float = 0.95  # one-sided, of the lower bound (and of its report)
+    # PPV and NPV are also given at this prevalence of referable DR (a screening population's;
+    # the test set's own is usually higher). null: only at each dataset's own prevalence.
+    prevalence: float | None = 0.078
+    # Interval of the mean over train_best.seeds: "t" (95 %, n - 1 degrees of freedom) or
+    # RETFound's mean +- 1.96 SD / sqrt(n) ("retfound_1.96", for comparison with their tables).
+    seed_interval: Literal["t", "retfound_1.96"] = "t"
+    # Fit a temperature on val and apply it to every dataset's probabilities (argmax unchanged);
+    # calibration is reported before and after.
+    temperature_scaling: bool = False
 
 
 @dataclass(frozen=True)

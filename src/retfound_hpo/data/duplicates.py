@@ -126,25 +126,14 @@ def drop_conflicting(table: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     return table.drop(index=dropped)
 
 
-def split_units(table: pd.DataFrame, records: list[dict]) -> pd.Series:
-    """The split unit of every row: its patient, with the patients of duplicates merged.
-
-    Union-find over patients (connected components of the graph whose edges join patients
-    that share a duplicate group), so that both eyes of a patient and every copy of an image
-    land in one split. A unit is named by its first patient.
-    """
-    patients = pd.Index(table["patient"].unique())
-    code = pd.Series(patients.get_indexer(table["patient"]), index=table.index)  # row -> patient
-    edges = []
-    for record in records:
-        if not record.get("dropped"):
-            members = code.loc[record["rows"]].to_numpy()
-            edges += [(members[0], other) for other in members[1:]]
-    i, j = np.array(edges, dtype=np.int64).reshape(-1, 2).T
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(patients), len(patients)))
-    _, labels = connected_components(graph, directed=False)
-    first = pd.Series(patients).groupby(labels).transform("first").to_numpy()  # per patient
-    return pd.Series(first[code.to_numpy()], index=table.index, name="unit")
+def duplicate_groups(table: pd.DataFrame, records: list[dict]) -> pd.Series:
+    """Each row's duplicate group (`dup<k>`, k counting the kept groups), empty where the image
+    has no duplicate; units.resampling_units joins the patients that share one."""
+    groups = pd.Series("", index=table.index, name="duplicate_group", dtype=object)
+    kept = [record for record in records if not record.get("dropped")]
+    for k, record in enumerate(kept):
+        groups.loc[record["rows"]] = f"dup{k}"
+    return groups
 
 
 def duplicates_summary(records: list[dict], splits: dict[str, pd.DataFrame]) -> dict:

@@ -1,7 +1,8 @@
 """Readers for public DR datasets in their native layouts, and a generic CSV reader.
 
 Each reader returns one table with columns `id, path, grade, patient`: `path` is the image file,
-`patient` groups images of one person so that splits never separate them. The index, named
+`patient` groups images of one person so that splits never separate them; with an exam list
+(`exams`, exams.py) a column `exam` too. The index, named
 `row`, is the line of the labels file each image came from (the header is line 1), so that later
 steps such as image decoding can point back at it.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from retfound_hpo.core.errors import DatasetError
+from retfound_hpo.data.exams import read_exams
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class ReaderOptions:
     # Image path under `images`: "{id}" unless given, e.g. "{id}.png" or "{label}/{id}".
     path_template: str | None = None
     extension: str | None = None  # appended to the template, e.g. ".png"
+    exams: str | None = None  # exam list (Messidor-2's messidor-2.csv): adds column `exam`
 
 
 MAPPING_OPTIONS = ("id_column", "label_column", "patient_column", "path_template", "extension")
@@ -283,5 +286,7 @@ def read_dataset(fmt: str, csv: str | Path, images: str | Path, **options) -> pd
             f"{csv}: {mapping} apply only to format 'csv'; format {fmt!r} has fixed columns"
         )
     table = READERS[fmt](Path(csv), Path(images), opts)
+    if opts.exams:
+        table["exam"] = read_exams(opts.exams, table, csv)
     log.info("read %d images from %s (%s format)", len(table), csv, fmt)
     return table

@@ -16,20 +16,23 @@ from retfound_hpo.data.demo.synthetic import write_demo_datasets
 from retfound_hpo.data.duplicates import (
     cross_duplicates,
     drop_conflicting,
+    duplicate_groups,
     duplicates_summary,
     find_duplicates,
     hash_images,
     log_duplicates,
-    split_units,
 )
 from retfound_hpo.data.formats import OPTIONS, read_dataset
 from retfound_hpo.data.prepared import PreparedImages, load_prepared
 from retfound_hpo.data.preprocess import prepare_images
 from retfound_hpo.data.splits import check_stratifiable, split_dataset, summarize_splits
+from retfound_hpo.data.units import resampling_units
 
 log = logging.getLogger(__name__)
 
 POOL = ".unsplit"  # the decoded training data, under prepared_dir while the stage runs
+# index.csv of a prepared set: what evaluation needs to group images as the split did
+INDEX_COLUMNS = ["id", "grade", "patient", "path", "exam", "duplicate_group", "unit"]
 
 
 def reader_options(cfg: DataConfig | EvalDataset) -> dict:
@@ -58,6 +61,25 @@ def _prepare(
     return part[part["id"].isin(kept)]
 
 
+def with_units(table: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """The table with `exam` (empty without an exam list), `duplicate_group` and `unit`."""
+    table = table.assign(exam=table["exam"] if "exam" in table else "")
+    table = table.assign(duplicate_group=duplicate_groups(table, records))
+    return table.assign(unit=resampling_units(table))
+
+
+def _prepare_evaluation_set(
+    ds: EvalDataset, table: pd.DataFrame, out: Path, size: int, max_distance: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Prepare one evaluation set, its units joined by its own duplicates too; return the rows
+    it holds (with units) and their hashes."""
+    part = _prepare(table, out, size, ds)
+    hashes = hash_images(load_prepared(out)[0])
+    part = with_units(part, find_duplicates(part, hashes, max_distance))
+    write_text_atomic(out / "index.csv", part[INDEX_COLUMNS].to_csv(index=False))
+    return part, hashes
+
+
 def _cut(pool: PreparedImages, positions: np.ndarray, part: pd.DataFrame, out: Path) -> None:
     """Write the prepared set of `part` from the pool's images at `positions`, whole or not at
     all (built in `<out>.tmp`, as prepare_images does)."""
@@ -73,7 +95,7 @@ def _cut(pool: PreparedImages, positions: np.ndarray, part: pd.DataFrame, out: P
             images[i] = pool[position]
         images.flush()
         del images
-        part[["id", "grade", "patient", "path"]].to_csv(tmp / "index.csv", index=False)
+        part[INDEX_COLUMNS].to_csv(tmp / "index.csv", index=False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -110,8 +132,10 @@ def prepare_split(
     }
     labels = [(data.csv, table)] + [(ds.csv, external[ds.name]) for ds in datasets]
     check_grades(labels, num_classes)
-    patients = table["grade"].groupby(table["patient"]).max()  # duplicates can only merge them
-    check_stratifiable(patients, data.val_fraction, data.test_fraction, data.csv)
+    # Patients and exams can only be merged further by duplicates: check the split is possible.
+    units = resampling_units(table)
+    strata = table["grade"].groupby(units).max()
+    check_stratifiable(strata, data.val_fraction, data.test_fraction, data.csv)
 
     # The training data is decoded once, into a pool that the duplicate hash reads and the split
     # caches are cut from. A split CSV is written after its cache (skipped images leave both).
@@ -127,8 +151,10 @@ def prepare_split(
         records = find_duplicates(table, hashes, data.duplicate_distance)
         if data.duplicates == "drop_conflicting":
             table = drop_conflicting(table, records)
-        units = split_units(table, records)  # patients, merged where they share duplicates
-        splits = split_dataset(table, data.val_fraction, data.test_fraction, seed, data.csv, units)
+        table = with_units(table, records)  # patients, exams and duplicates merged
+        splits = split_dataset(
+            table, data.val_fraction, data.test_fraction, seed, data.csv, table["unit"]
+        )
         split_hashes = {}
         for name, part in splits.items():
             positions = position.loc[part.index].to_numpy()
@@ -141,13 +167,11 @@ def prepare_split(
         # An evaluation image that copies a split image is not independent evidence: report it.
         for ds in datasets:
             written.append(prepared / ds.name)
-            done[ds.name] = _prepare(external[ds.name], prepared / ds.name, size, ds)
+            done[ds.name], ds_hashes = _prepare_evaluation_set(
+                ds, external[ds.name], prepared / ds.name, size, data.duplicate_distance
+            )
             report["cross_dataset"][ds.name] = cross_duplicates(
-                done[ds.name],
-                hash_images(load_prepared(prepared / ds.name)[0]),
-                splits,
-                split_hashes,
-                data.duplicate_distance,
+                done[ds.name], ds_hashes, splits, split_hashes, data.duplicate_distance
             )
     except BaseException:
         for path in written:

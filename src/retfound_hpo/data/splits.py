@@ -41,7 +41,8 @@ def split_dataset(
 ) -> dict[str, pd.DataFrame]:
     """Split images so that each patient lands in exactly one split, stratified by grade.
 
-    `units` (aligned with the table) names what must stay together, default the patient; a
+    `units` (aligned with the table) names what must stay together (prepare-split passes the
+    resampling unit of units.py: patients, exams and duplicates joined), default the patient; a
     unit's stratum is its worst grade, so both eyes follow the more severe one. Each part keeps
     the table's index (read_dataset's labels-file lines). `source` names the labels file in
     errors.
@@ -70,13 +71,17 @@ def split_dataset(
 
 
 def summarize_splits(splits: dict[str, pd.DataFrame], num_classes: int = 5) -> dict:
-    """Counts per split and grade, for the data summary metric."""
+    """Counts per split and grade, for the data summary metric: images, patients, exams (where
+    an exam list names them), resampling units (units.py) and images per grade."""
     summary = {}
     for name, part in splits.items():
         counts = part["grade"].value_counts()
+        exams = part["exam"].replace("", None).dropna() if "exam" in part else []
         summary[name] = {
             "images": len(part),
             "patients": int(part["patient"].nunique()),
+            **({"exams": int(exams.nunique())} if len(exams) else {}),
+            **({"units": int(part["unit"].nunique())} if "unit" in part else {}),
             **{f"grade_{g}": int(counts.get(g, 0)) for g in range(num_classes)},
         }
     return summary

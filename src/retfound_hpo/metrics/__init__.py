@@ -1,1 +1,2 @@
-"""Pure metric functions: grading metrics, bootstrap intervals, operating point, calibration."""
+"""Pure metric functions: grading metrics, the operating point and its threshold rules,
+intervals (proportions, cluster bootstrap, seeds, DeLong), calibration, PPV/NPV."""

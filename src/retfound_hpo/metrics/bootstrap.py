@@ -1,7 +1,12 @@
-"""Bootstrap intervals: resampling units (patients or images), seeded resamples as image weights.
+"""Cluster bootstrap: seeded resamples of resampling units, as image weights; percentile intervals.
 
-A resample is a row of image weights (how often each image is drawn), so that one vectorised
-pass of metrics.classification.weighted_metrics scores a whole batch of resamples.
+A resample draws as many units as there are, with replacement, and a drawn unit brings all of
+its images (both eyes of a patient, both images of an exam, every copy of a duplicated
+photograph). It is a row of image weights (how often each image is drawn), so that one
+vectorised pass of metrics.classification.weighted_metrics scores a whole batch of resamples.
+The evaluation uses these intervals for AUROC, kappa, F1, the RETFound score and ECE; the
+proportions get the intervals of proportions.py instead (a percentile interval collapses to a
+point at 0 and 1).
 """
 
 from __future__ import annotations
@@ -10,21 +15,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
 
 from retfound_hpo.metrics.classification import weighted_metrics
+from retfound_hpo.metrics.operating_point import REFERABLE_GRADE, referable_score
+from retfound_hpo.metrics.proportions import check_level, unit_codes
+from retfound_hpo.metrics.recalibration import weighted_binary_ece
 
 RESAMPLE_CHUNK = 128  # resamples per vectorised batch: bounds memory at 128 x N weights
-
-
-def resampling_units(patients: np.ndarray | None, n_images: int) -> tuple[str, np.ndarray]:
-    """('patient', each image's patient number) when some patient has several images, else
-    ('image', 0..N-1). Patients are numbered in order of first appearance."""
-    if patients is not None:
-        codes, uniques = pd.factorize(np.asarray(patients))
-        if len(uniques) < n_images:
-            return "patient", codes
-    return "image", np.arange(n_images)
 
 
 def bootstrap_indices(n_units: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -38,45 +35,64 @@ def bootstrap_indices(n_units: int, n_resamples: int, seed: int) -> Iterator[np.
 
 def bootstrap_weights(units: np.ndarray, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
     """Image weights in (chunk, N) batches: weights[b, i] is how many times resample b drew the
-    unit (patient or image) that image i belongs to; `units` (N,) numbers the units 0..U-1."""
-    n_units = int(units.max()) + 1
+    unit of image i; `units` (N,) labels each image's unit (any hashable labels)."""
+    codes, sizes = unit_codes(units)
+    n_units = len(sizes)
     for idx in bootstrap_indices(n_units, n_resamples, seed):
         flat = (idx + n_units * np.arange(len(idx))[:, None]).ravel()
         drawn = np.bincount(flat, minlength=idx.size).reshape(idx.shape)  # (chunk, U)
-        yield drawn[:, units].astype(float)
+        yield drawn[:, codes].astype(float)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, int]:
+    """(low, high, n_undefined): the percentile interval of bootstrap values, NaN ones left
+    out (and counted); NaN bounds when none is defined."""
+    tail = 50.0 * check_level(level)
+    values = np.asarray(values, float)
+    defined = values[np.isfinite(values)]
+    if not defined.size:
+        return float("nan"), float("nan"), int(values.size)
+    low, high = np.percentile(defined, [tail, 100.0 - tail])
+    return float(low), float(high), int(values.size - defined.size)
+
+
+def resampled_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    weights: np.ndarray,
+    threshold: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Every evaluation metric for B weightings (B, N): weighted_metrics plus the binary ECE of
+    P(referable) (`referable_ece`)."""
+    out = weighted_metrics(y_true, probs, weights, threshold)
+    if probs.shape[1] > REFERABLE_GRADE:
+        positive = np.asarray(y_true) >= REFERABLE_GRADE
+        out["referable_ece"] = weighted_binary_ece(positive, referable_score(probs), weights)
+    return out
 
 
 def bootstrap_intervals(
     y_true: np.ndarray,
     probs: np.ndarray,
+    units: np.ndarray,
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    patients: np.ndarray | None = None,
     threshold: float | None = None,
-) -> dict[str, float | int | str]:
-    """Percentile bootstrap intervals of every evaluation metric.
-
-    Returns `ci_unit` ('patient' or 'image', see resampling_units), `ci_units` (how many),
-    `ci_resamples`, and per metric `<metric>_ci_low`, `<metric>_ci_high` and
-    `<metric>_ci_undefined`: the resamples where the metric was undefined, left out of its
-    interval. Bounds are NaN when no resample defines the metric."""
+) -> dict[str, dict[str, float | int]]:
+    """Per metric: the percentile cluster-bootstrap interval (`low`, `high`), the resamples
+    where the metric was undefined and left out (`undefined`, e.g. macro AUROC in a resample
+    without a grade-4 image), and the mean of the defined resampled values (`mean`, which
+    measures the bootstrap bias of a statistic such as ECE)."""
     y_true = np.asarray(y_true)
-    unit, units = resampling_units(patients, len(y_true))
     values: dict[str, list[np.ndarray]] = defaultdict(list)
     for weights in bootstrap_weights(units, n_resamples, seed):
-        for name, v in weighted_metrics(y_true, probs, weights, threshold).items():
+        for name, v in resampled_metrics(y_true, probs, weights, threshold).items():
             values[name].append(v)
-    tail = 50.0 * (1.0 - level)
-    out: dict[str, float | int | str] = {
-        "ci_unit": unit,
-        "ci_units": int(units.max()) + 1,
-        "ci_resamples": n_resamples,
-    }
+    out = {}
     for name, chunks in values.items():
         v = np.concatenate(chunks)
-        defined = v[np.isfinite(v)]
-        low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan,) * 2
-        out |= {f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)}
-        out[f"{name}_ci_undefined"] = int(v.size - defined.size)
+        low, high, undefined = percentile_interval(v, level)
+        mean = float(np.mean(v[np.isfinite(v)])) if undefined < v.size else float("nan")
+        out[name] = {"low": low, "high": high, "undefined": undefined, "mean": mean}
     return out

@@ -6,7 +6,8 @@ i.e. ~2.4 px once the retina is cropped and resized to 96 px (real ones are ~1 p
 Calibration on 2 CPU cores (lr 3e-3): LoRA on the 96 px demo ViT learned nothing in 6 epochs at 1.0,
 started at epoch 5 at 1.5 and at epoch 3 at 2.0 (val kappa 0.86), so the demo uses 2.0.
 Smaller `lesion_scale` shrinks lesions and lowers their contrast (harder, more realistic).
-Two cameras mimic APTOS-2019 and Messidor-2.
+Two cameras mimic APTOS-2019 and Messidor-2; camera B's images are exams of two eyes, listed
+in `messidor-2.csv` as Messidor-2 ships them (left;right), fellow eyes of similar grades.
 
 Every image comes from its own generator, `default_rng([seed, domain, index])`, so serial and
 parallel runs write identical bytes.
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 GRADE_PROBS: tuple[float, ...] = (0.49, 0.10, 0.27, 0.05, 0.08)  # APTOS-2019 (sums to 0.99)
 UNGRADABLE_FRACTION = 0.02  # extra Messidor rows marked ungradable
+EXAM_LIST = "messidor-2.csv"  # Messidor-2's exam list: two images an exam, left;right
+FELLOW_SPREAD = 2.0  # fellow eyes are paired by grade + U(0, spread): similar, not equal
 
 
 def grade_counts(n: int, probs=GRADE_PROBS) -> list[int]:
@@ -41,6 +44,16 @@ def grade_counts(n: int, probs=GRADE_PROBS) -> list[int]:
     order = np.argsort(-(quotas - counts), kind="stable")
     counts[order[: n - counts.sum()]] += 1
     return counts.tolist()
+
+
+def pair_fellow_eyes(grades: list[int | None], rng: np.random.Generator) -> list[int | None]:
+    """The grades reordered so that images 2e and 2e + 1 are the two eyes of exam e: sorted by
+    grade plus noise and paired with their neighbour (fellow eyes have similar grades, as in
+    DR), exams in random order; an ungradable image pairs with any. len(grades) must be even."""
+    keys = [rng.uniform(0, 5) if g is None else g + rng.uniform(0, FELLOW_SPREAD) for g in grades]
+    order = np.argsort(keys, kind="stable").reshape(-1, 2)
+    order = order[rng.permutation(len(order))]
+    return [grades[i] for i in order.ravel()]
 
 
 def _make_image(job: tuple) -> tuple:
@@ -98,8 +111,9 @@ def write_demo_datasets(
     lesion_scale: float = 1.0,
     workers: int | None = None,
 ) -> dict[str, Path]:
-    """Write domain A in APTOS-2019 layout and domain B in Messidor-2 layout; return
-    {"aptos": dir, "messidor": dir}. Messidor gets ~2 % extra rows marked ungradable.
+    """Write domain A in APTOS-2019 layout and domain B in Messidor-2 layout (exams of two eyes
+    and their exam list); return {"aptos": dir, "messidor": dir}. Messidor gets ~2 % extra rows
+    marked ungradable (more by one where that makes the exams whole).
 
     Built in a sibling ".tmp" folder and swapped in at the end, so an interrupted run never
     leaves a complete-looking half data set. Output depends only on the arguments other than
@@ -119,14 +133,15 @@ def write_demo_datasets(
         return [g[i] for i in order]
 
     n_bad = max(round(UNGRADABLE_FRACTION * n_domain_b), int(n_domain_b > 0))
+    n_bad += (n_domain_b + n_bad) % 2  # whole exams of two eyes
+    grades_b = pair_fellow_eyes(
+        shuffled_grades(1, n_domain_b, n_bad), np.random.default_rng([seed, 2001])
+    )
     jobs = [
         (0, i, g, seed, lesion_scale, aptos / "train_images")
         for i, g in enumerate(shuffled_grades(0, n_domain_a))
     ]
-    jobs += [
-        (1, i, g, seed, lesion_scale, messidor / "IMAGES")
-        for i, g in enumerate(shuffled_grades(1, n_domain_b, n_bad))
-    ]
+    jobs += [(1, i, g, seed, lesion_scale, messidor / "IMAGES") for i, g in enumerate(grades_b)]
     rows = _run(jobs, workers)
     rows_a, rows_b = rows[:n_domain_a], rows[n_domain_a:]
     if len({r[0] for r in rows_a}) != len(rows_a):  # 48-bit ids: practically never
@@ -137,6 +152,9 @@ def write_demo_datasets(
         ["image_id", "adjudicated_dr_grade", "adjudicated_dme", "adjudicated_gradable"],
         rows_b,
     )
+    exams = [(rows_b[i][0], rows_b[i + 1][0]) for i in range(0, len(rows_b), 2)]
+    with (messidor / EXAM_LIST).open("w", newline="") as f:
+        csv.writer(f, delimiter=";", lineterminator="\n").writerows([("left", "right"), *exams])
 
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
