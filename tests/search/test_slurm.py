@@ -23,7 +23,10 @@ from retfound_hpo.search.study import make_storage
 from retfound_hpo.search.workers import run_search
 from retfound_hpo.training.inputs import load_cached
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
+]
 
 
 def test_the_batch_script_carries_the_hpo_slurm_section(tmp_path):
@@ -260,8 +263,9 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
     study = load(params)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     cut = study.trials[victim.number]
-    assert cut.state == TrialState.FAIL and cut.user_attrs["fail_reason"].startswith(
-        ("interrupted (SIGTERM", f"slurm task {victim.user_attrs['slurm_task']} ended")
+    assert cut.state == TrialState.FAIL  # by the worker itself, on SLURM's SIGTERM
+    assert cut.user_attrs["fail_reason"] == (
+        "interrupted (SIGTERM: cancelled, preempted or out of time)"
     )
     assert victim.number not in {t.number for t in counted_trials(study)}
     done = [(t.number, t.params, t.value) for t in study.trials if t.state == TrialState.COMPLETE]
@@ -273,3 +277,38 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
     assert all(again[n] == (p, v) for n, p, v in done)  # finished trials are not run again
     write_outputs(study, params)
     assert "postgres:***@127.0.0.1" in (params.hpo.study_dir / "config.json").read_text()
+
+
+def test_the_stage_fails_the_trials_of_ended_tasks_and_judges_the_array(
+    tmp_path, mae_checkpoint, monkeypatch
+):
+    """Without a scheduler: squeue's answers replayed. A task that ends mid-trial (a lost node:
+    no SIGTERM handler ran) has its trial failed at once, uncounted; an array that ends with the
+    budget unfinished is one line, the first task's own error where it stopped on one."""
+    from retfound_hpo.search import cluster, slurm
+    from retfound_hpo.search.study import open_study
+
+    params = slurm_params(tmp_path, mae_checkpoint, "debug", n_trials=2, heartbeat_seconds=1)
+    study = open_study(params.hpo, params.seed, {"inputs": 1})
+    lost = study.ask()
+    lost.set_user_attr("slurm_task", "7_0")
+    answers = iter(
+        [
+            {0: ("RUNNING", "None"), 1: ("PENDING", "Resources")},
+            {0: ("NODE_FAIL", "None"), 1: ("RUNNING", "None")},
+            {0: ("NODE_FAIL", "None"), 1: ("FAILED", "NonZeroExitCode")},
+        ]
+    )
+    monkeypatch.setattr(slurm, "task_states", lambda job: next(answers))
+    run = tmp_path / "run"
+    run.mkdir()
+    states = cluster.wait_for_array("7", params.hpo, study, run)
+    assert states[1] == ("FAILED", "NonZeroExitCode")
+    trial = study.trials[0]
+    assert trial.state == TrialState.FAIL and counted_trials(study) == []
+    assert trial.user_attrs["fail_reason"] == "slurm task 7_0 ended (NODE_FAIL) during the trial"
+    with pytest.raises(SearchStopped, match=r"^slurm job 7 ended with 2 of 2 trial\(s\) still to"):
+        cluster._verdict("7", states, params.hpo, study, run)
+    (run / "task_1.json").write_text(json.dumps({"exit": 2, "error": "hpo.storage: x"}))
+    with pytest.raises(SearchStopped, match=r"^slurm job 7: task 1 stopped: hpo.storage: x$"):
+        cluster._verdict("7", states, params.hpo, study, run)

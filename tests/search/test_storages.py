@@ -242,3 +242,30 @@ def test_ctrl_c_in_the_last_trial_is_one_line_and_the_rerun_finishes_the_budget(
     assert code == 0
     table = pd.read_csv(out / "trials.csv")
     assert list(table["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]  # the budget, exactly
+
+
+def test_a_worker_whose_trial_is_failed_under_it_goes_on(
+    tmp_path, mae_checkpoint, data, monkeypatch, caplog
+):
+    """Another worker fails a running trial whose heartbeat came late (Optuna's "already
+    finished" race): its worker cannot record the end; it logs that and runs the budget."""
+    import retfound_hpo.training.hparams as hparams_module
+    from retfound_hpo.search.liveness import fail_trial
+
+    params = fast(tmp_path, mae_checkpoint, n_trials=2)
+    real_fit, calls = hparams_module.fit, []
+
+    def fit_while_another_worker_fails_the_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # trial 0 (call 0 is the preflight's)
+            study = optuna.load_study(study_name="retfound_lora_search", storage=make_storage(
+                params.hpo))  # fmt: skip
+            (running,) = study.get_trials(states=(TrialState.RUNNING,))
+            fail_trial(study, running, "worker stopped sending heartbeats (killed or crashed)")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(hparams_module, "fit", fit_while_another_worker_fails_the_trial)
+    study, _ = run_search(params, *data)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    assert [t.number for t in counted_trials(study)] == [1, 2]
+    assert "its trial was failed by another worker while it ran" in caplog.text

@@ -80,7 +80,8 @@ def _states(job: str, run_dir: Path, tasks: int) -> dict[int, tuple[str, str]]:
 def _summary(states: dict[int, tuple[str, str]]) -> str:
     waiting = [r for s, r in states.values() if s in slurm.WAITING]
     running = sum(s in slurm.ACTIVE for s, _ in states.values())
-    why = f" ({', '.join(sorted(set(waiting)))})" if waiting and all(waiting) else ""
+    reasons = sorted({r for r in waiting if r and r != "None"})  # e.g. Resources, Priority
+    why = f" ({', '.join(reasons)})" if reasons else ""
     done = len(states) - len(waiting) - running
     return f"tasks {len(waiting)} pending{why}, {running} running, {done} done"
 
@@ -123,7 +124,7 @@ def _verdict(
         return
     for i in unwell:
         status = read_status(run, i)
-        if status and status.get("error"):  # the same one-line error in every task, usually
+        if status and status["exit"] == 2:  # a one-line error, the same in every task usually
             raise SearchStopped(f"slurm job {job}: task {i} stopped: {status['error']}")
     ends = ", ".join(f"{i} {s}" for i, s in unwell.items())
     raise SearchStopped(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 
 class Terminated(KeyboardInterrupt):
@@ -24,9 +25,27 @@ class _NoTracebackForInterrupts(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_NoTracebackForInterrupts())
 
 
+REDELIVER_SECONDS = 2.0
+sigterm_received = False  # whatever exception a SIGTERM ended up as
+
+
 def terminate(signum, frame) -> None:
-    """SIGTERM handler: end the way Ctrl-C does (the trial is recorded FAIL, not counted)."""
+    """SIGTERM handler: end the way Ctrl-C does (the trial is recorded FAIL, not counted).
+
+    An exception raised in a signal handler is lost when the signal lands in a finalizer or a
+    weakref callback (Python prints "Exception ignored in ..." and goes on), and the worker
+    would run on until SIGKILL. So it is raised again every REDELIVER_SECONDS (SIGALRM) until
+    the worker acknowledges it."""
+    global sigterm_received
+    sigterm_received = True
+    signal.signal(signal.SIGALRM, terminate)
+    signal.setitimer(signal.ITIMER_REAL, REDELIVER_SECONDS, REDELIVER_SECONDS)
     raise Terminated()
+
+
+def acknowledge() -> None:
+    """The interruption reached the worker's handler: stop raising it again."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def slurm_task() -> str | None:
@@ -37,6 +56,6 @@ def slurm_task() -> str | None:
 
 def interrupted_reason(err: KeyboardInterrupt) -> str:
     """The fail_reason of a trial cut off by `err`."""
-    if isinstance(err, Terminated):
+    if isinstance(err, Terminated) or sigterm_received:
         return "interrupted (SIGTERM: cancelled, preempted or out of time)"
     return "interrupted (Ctrl-C)"

@@ -32,7 +32,12 @@ from retfound_hpo.core.params_yaml import dump_params, load_params
 from retfound_hpo.search.budget import StopOnSetupFailure, budget, mark_uncounted, to_run
 from retfound_hpo.search.cluster import new_run_dir, run_array, status_path
 from retfound_hpo.search.fingerprint import study_fingerprint
-from retfound_hpo.search.interrupts import Terminated, interrupted_reason, slurm_task, terminate
+from retfound_hpo.search.interrupts import (
+    acknowledge,
+    interrupted_reason,
+    slurm_task,
+    terminate,
+)
 from retfound_hpo.search.liveness import fail_dead_trials, optimize_one
 from retfound_hpo.search.local import run_local_workers
 from retfound_hpo.search.objective import make_objective
@@ -74,6 +79,7 @@ def run_worker(
         try:
             return objective(trial)
         except KeyboardInterrupt as err:
+            acknowledge()
             reason = interrupted_reason(err)
             try:
                 trial.set_user_attr("fail_reason", reason)
@@ -101,6 +107,7 @@ def run_worker(
         log.info("worker %d: hpo.timeout_hours reached; no new trials", worker_index)
         return False
     except KeyboardInterrupt:
+        acknowledge()
         log.warning("worker %d interrupted: its trial is recorded FAIL, not counted", worker_index)
         return True
     finally:
@@ -161,14 +168,13 @@ def run_search(params: Params, train: CachedImages, val: CachedImages) -> tuple[
             left = to_run(study, hpo.n_trials)
         finally:
             slots.close()
-        where = f"a SLURM array of {hpo.slurm.tasks}" if hpo.launcher == "slurm" else "here"
-        workers = hpo.slurm.tasks if hpo.launcher == "slurm" else hpo.n_workers
+        slurm = hpo.launcher == "slurm"
+        where = f"as a SLURM array of {hpo.slurm.tasks}" if slurm else f"{hpo.n_workers} here"
         log.info(
-            "study %s: %d finished trial(s), %d to run, %d worker(s) %s",
+            "study %s: %d finished trial(s), %d to run, worker(s): %s",
             hpo.study_name,
             budget(study).finished,
             left,
-            workers,
             where,
         )
         if left == 0:
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     # An array task of hpo.launcher slurm: how it ended goes to <dir>/task_<index>.json.
     parser.add_argument("--status-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    status = {"exit": 0, "error": None, "host": socket.gethostname(), "pid": os.getpid()}
+    status = {"exit": 0, "error": None, "interrupted": None}
+    status.update(host=socket.gethostname(), pid=os.getpid())
     signal.signal(signal.SIGTERM, terminate)
 
     def work() -> None:
@@ -204,10 +211,11 @@ def main(argv: list[str] | None = None) -> None:
             status["error"] = str(err)
             raise
         except KeyboardInterrupt as err:
+            acknowledge()
+            status["interrupted"] = reason = interrupted_reason(err)
             if not args.spawned:  # the main run says it once for all its workers
-                what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
-                print(f"worker {args.index}: interrupted ({what}); its trial is recorded FAIL "
-                      "and not counted", file=sys.stderr)  # fmt: skip
+                print(f"worker {args.index}: {reason}; its trial is recorded FAIL and not "
+                      "counted", file=sys.stderr)  # fmt: skip
             sys.exit(130)
 
     try:
