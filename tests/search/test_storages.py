@@ -169,6 +169,13 @@ def test_a_failure_before_any_trial_leaves_no_empty_study(tmp_path, mae_checkpoi
     params = fast(tmp_path, mae_checkpoint)
     (trial,) = run_search(params, *data)[0].trials  # the study with its trial resumes
     assert list(studies(params.hpo)) == [params.hpo.study_name]
+    # A run of other inputs killed before its first trial (nothing could clean up after it):
+    # its empty study is not kept aside when the inputs change back.
+    other = fast(tmp_path, mae_checkpoint, metric="kappa")
+    open_study(other.hpo, other.seed, fingerprint_of(other, *data))
+    (again,) = run_search(params, *data)[0].trials
+    assert (again.params, again.value) == (trial.params, trial.value)
+    assert list(studies(params.hpo)) == [params.hpo.study_name]
 
 
 def test_worker_command_one_line_errors_leave_nothing_behind(tmp_path, mae_checkpoint, capsys):
