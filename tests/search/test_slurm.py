@@ -129,7 +129,9 @@ def jobs_named(name: str) -> list[str]:
 def test_slurm_missing_partition_is_one_line_before_anything_runs(
     tmp_path, mae_checkpoint, slurm_cluster
 ):
-    params = slurm_params(tmp_path, mae_checkpoint, "no-such-partition")
+    params = slurm_params(
+        tmp_path, mae_checkpoint, "no-such-partition", study_name=f"nowhere_{time.time_ns()}"
+    )
     with pytest.raises(ConfigError) as err:
         run_search(params, *data_of(params))
     assert str(err.value).startswith(
@@ -233,8 +235,8 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
         tmp_path,
         mae_checkpoint,
         slurm_cluster,
-        n_train=300,
-        n_trials=4,
+        n_train=200,
+        n_trials=3,
         num_epochs=3,
         early_stopping_patience=3,
         storage=postgres_url,
@@ -247,11 +249,12 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
     victim = wait_for(running_trial_of_a_task(params), what="a task's trial in its 2nd epoch")
     subprocess.run(["scancel", victim.user_attrs["slurm_task"]], check=True)
 
-    def another_running():
+    def one_done_and_another_running():
         t = running_trial_of_a_task(params)()
-        return t if t is not None and t.number != victim.number else None
+        done = load(params).get_trials(states=(TrialState.COMPLETE,))
+        return t if done and t is not None and t.number != victim.number else None
 
-    wait_for(another_running, what="the other task's next trial")
+    wait_for(one_done_and_another_running, what="a completed trial and another running")
     job = victim.user_attrs["slurm_task"].split("_")[0]
     subprocess.run(["scancel", job], check=True)
     thread.join(timeout=120)
@@ -269,10 +272,11 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
     )
     assert victim.number not in {t.number for t in counted_trials(study)}
     done = [(t.number, t.params, t.value) for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done
 
     study, interrupted = run_search(params, *data)  # the rerun: a new array resumes the study
     assert not interrupted
-    assert_whole(study, 4)
+    assert_whole(study, 3)
     again = {t.number: (t.params, t.value) for t in study.trials}
     assert all(again[n] == (p, v) for n, p, v in done)  # finished trials are not run again
     write_outputs(study, params)

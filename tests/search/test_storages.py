@@ -40,30 +40,6 @@ def studies(hpo) -> dict[str, int]:
     return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(make_storage(hpo))}
 
 
-def test_a_journal_file_holds_the_study_with_exact_totals_and_the_same_outputs(
-    tmp_path, mae_checkpoint, data
-):
-    journal = tmp_path / "shared" / "study.journal"
-    hpo = {"storage": f"journal:///{journal}", "num_epochs": 1}
-    params = tiny_params(tmp_path, mae_checkpoint, hpo=hpo)
-    study, _ = run_search(params, *data)
-    assert journal.is_file() and len(counted_trials(study)) == 2
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    write_outputs(study, params)
-    out = params.hpo.study_dir
-    assert {p.name for p in out.iterdir()} >= {
-        "study.db",
-        "config.json",
-        "trials.csv",
-        "best_params.json",
-        "study.pkl",
-        "artifacts",
-    }
-    snapshot = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{out}/study.db")
-    assert [t.params for t in snapshot.trials] == [t.params for t in study.trials]
-    assert snapshot.user_attrs["snapshot_of"] == f"journal:///{journal}"
-
-
 def test_a_silent_trial_on_a_journal_is_failed_by_its_lease_and_not_counted(
     tmp_path, mae_checkpoint, data
 ):
@@ -82,6 +58,29 @@ def test_a_silent_trial_on_a_journal_is_failed_by_its_lease_and_not_counted(
     fail_dead_trials(study, 5)
     assert study.trials[0].state == TrialState.FAIL and counted_trials(study) == []
     assert not lease.exists()  # a finished trial's lease is cleared away
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_other_inputs_are_kept_aside_on_every_storage(
+    tmp_path, mae_checkpoint, data, kind, request
+):
+    """The fingerprint works the same on the shared storages as on study.db."""
+    url = (
+        f"journal:///{tmp_path / 'study.journal'}"
+        if kind == "journal"
+        else request.getfixturevalue("postgres_url")
+    )
+    name = f"fp_{time.time_ns()}"
+    params = fast(tmp_path, mae_checkpoint, storage=url, study_name=name)
+    kappa = fast(tmp_path, mae_checkpoint, storage=url, study_name=name, metric="kappa")
+    first = open_study(params.hpo, params.seed, fingerprint_of(params, *data))
+    first.enqueue_trial({"lora_r": 4})  # a trial, so that it is kept rather than dropped
+    attrs = first.user_attrs
+    open_study(kappa.hpo, kappa.seed, fingerprint_of(kappa, *data))
+    held = {k: v for k, v in studies(params.hpo).items() if k.startswith(name)}
+    assert held == {name: 0, f"{name}@{attrs['fingerprint_id']}": 1}
+    back = open_study(params.hpo, params.seed, fingerprint_of(params, *data))
+    assert len(back.trials) == 1 and back.user_attrs == attrs
 
 
 def test_the_documented_postgresql_url_works_and_failures_are_one_line(
@@ -127,7 +126,7 @@ def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, mae_checkpoint, data
         run_search(params, *data)
 
 
-def test_switching_storage_never_overwrites_the_local_study_or_kept_ones(
+def test_a_journal_study_and_switching_storage_never_overwrite_the_local_study_or_kept_ones(
     tmp_path, mae_checkpoint, data
 ):
     local = fast(tmp_path, mae_checkpoint)
@@ -140,9 +139,18 @@ def test_switching_storage_never_overwrites_the_local_study_or_kept_ones(
     )
     before = studies(local.hpo)
     assert len(before) == 2
-    shared = fast(tmp_path, mae_checkpoint, storage=f"journal:///{tmp_path / 'shared.journal'}")
+    journal = tmp_path / "shared" / "study.journal"  # Optuna's journal file, on a shared disk
+    shared = fast(tmp_path, mae_checkpoint, storage=f"journal:///{journal}")
     study, _ = run_search(shared, *data)
+    assert journal.is_file() and [t.state for t in study.trials] == [TrialState.COMPLETE]
     write_outputs(study, shared)  # the snapshot goes into study.db beside the local study
+    out = shared.hpo.study_dir
+    assert {p.name for p in out.iterdir()} >= {
+        *("study.db", "config.json", "trials.csv", "best_params.json", "study.pkl", "artifacts")
+    }
+    snapshot = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{out}/study.db")
+    assert [t.params for t in snapshot.trials] == [t.params for t in study.trials]
+    assert snapshot.user_attrs["snapshot_of"] == f"journal:///{journal}"
     after = studies(local.hpo)
     name = local.hpo.study_name
     (kept,) = set(after) - set(before)  # the local study, kept aside, trials intact
@@ -226,13 +234,13 @@ def test_ctrl_c_in_the_last_trial_is_one_line_and_the_rerun_finishes_the_budget(
 ):
     import retfound_hpo.training.hparams as hparams_module
 
-    out = stage_project(tmp_path, mae_checkpoint, num_epochs=1)
+    out = stage_project(tmp_path, mae_checkpoint, num_epochs=1, n_trials=1)
     monkeypatch.chdir(tmp_path)
     real_fit, calls = hparams_module.fit, []
 
     def fit_interrupted_in_the_last_trial(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # the preflight, trial 0, then trial 1: the last
+        if len(calls) == 2:  # the preflight, then trial 0: the last (and only) one
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
@@ -241,14 +249,14 @@ def test_ctrl_c_in_the_last_trial_is_one_line_and_the_rerun_finishes_the_budget(
     assert code == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted: a trial cut off is recorded FAIL")
     table = pd.read_csv(out / "trials.csv")  # written also after Ctrl-C
-    assert list(table["state"]) == ["COMPLETE", "FAIL"]
-    assert table.loc[1, "fail_reason"] == ("interrupted (Ctrl-C) (not counted toward hpo.n_trials)")
+    assert list(table["state"]) == ["FAIL"]
+    assert table.loc[0, "fail_reason"] == ("interrupted (Ctrl-C) (not counted toward hpo.n_trials)")
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     code, _ = run_stage_here(capsys)
     assert code == 0
     table = pd.read_csv(out / "trials.csv")
-    assert list(table["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]  # the budget, exactly
+    assert list(table["state"]) == ["FAIL", "COMPLETE"]  # the budget, exactly
 
 
 def test_a_worker_whose_trial_is_failed_under_it_goes_on(
@@ -259,7 +267,7 @@ def test_a_worker_whose_trial_is_failed_under_it_goes_on(
     import retfound_hpo.training.hparams as hparams_module
     from retfound_hpo.search.liveness import fail_trial
 
-    params = fast(tmp_path, mae_checkpoint, n_trials=2)
+    params = fast(tmp_path, mae_checkpoint)
     real_fit, calls = hparams_module.fit, []
 
     def fit_while_another_worker_fails_the_trial(*args, **kwargs):
@@ -273,6 +281,6 @@ def test_a_worker_whose_trial_is_failed_under_it_goes_on(
 
     monkeypatch.setattr(hparams_module, "fit", fit_while_another_worker_fails_the_trial)
     study, _ = run_search(params, *data)
-    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
-    assert [t.number for t in counted_trials(study)] == [1, 2]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.number for t in counted_trials(study)] == [1]
     assert "its trial was failed by another worker while it ran" in caplog.text
