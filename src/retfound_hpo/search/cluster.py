@@ -15,6 +15,7 @@ the params the tasks read (removed once the array ends), one log and one status 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -135,7 +136,8 @@ def _verdict(
 
 def run_array(hpo: HpoConfig, worker: list[str], run_dir: Path, study: optuna.Study) -> bool:
     """Submit the worker array (each task runs `worker --index <task>`), wait for it and check
-    how it ended. Returns True when interrupted (Ctrl-C cancels the array)."""
+    how it ended. Returns True when interrupted: Ctrl-C (or any failure here) cancels the
+    array, which nobody would wait for."""
     script = run_dir / "job.sh"
     name = f"retfound-hpo-{hpo.study_name}"
     script.write_text(slurm.batch_script(hpo.slurm, name, run_dir, Path.cwd().resolve(), worker))
@@ -151,16 +153,16 @@ def run_array(hpo: HpoConfig, worker: list[str], run_dir: Path, study: optuna.St
     )
     try:
         states = wait_for_array(job, hpo, study, run_dir)
-    except KeyboardInterrupt:
-        slurm.cancel(job)
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            slurm.cancel(job)  # nobody is left to wait for it
+        if not isinstance(err, KeyboardInterrupt):
+            raise
         print(f"\ncancelling slurm job {job} ...", file=sys.stderr)
         _wait_quietly(job, deadline=time.monotonic() + 60)
-        states = None
-    (run_dir / "params.yaml").unlink(
-        missing_ok=True
-    )  # no task reads it now; it may hold a password
-    if states is None:
         return True
+    finally:  # no task reads it any more, and it may hold a password
+        (run_dir / "params.yaml").unlink(missing_ok=True)
     _verdict(job, states, hpo, study, run_dir)
     return False
 

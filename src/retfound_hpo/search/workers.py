@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     status = {"exit": 0, "error": None, "interrupted": None}
     status.update(host=socket.gethostname(), pid=os.getpid())
-    signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signal.SIGTERM, terminate)
 
     def work() -> None:
         try:
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         status["exit"] = end.code if isinstance(end.code, int) else 1
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if args.status_dir:
             write_json_atomic(status_path(Path(args.status_dir), args.index), status)
 
