@@ -236,7 +236,9 @@ def test_each_worker_gets_its_own_gpu_or_a_share_of_the_cores(monkeypatch):
 def test_silent_worker_on_another_host_is_failed_by_heartbeat_and_retried(tmp_path, mae_checkpoint):
     from retfound_hpo.search.study_files import trials_table
 
-    params = worker_params(tmp_path, mae_checkpoint, n_trials=2, retry_failed_trials=1)
+    params = worker_params(
+        tmp_path, mae_checkpoint, n_trials=2, retry_failed_trials=1, heartbeat_seconds=1
+    )
     study = create_study(params)
     lost = study.ask()  # running on a machine that then vanished: one heartbeat, then silence
     lost.suggest_categorical("lora_r", [4, 8])
