@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up on a fresh machine (Python 3.11 + pip): Debian's chromium for PNG plots where apt is
 # available (elsewhere PNGs come from matplotlib), then a virtual environment with the package.
-# --test also installs PostgreSQL, which the multi-machine worker tests start on loopback.
+# --test also installs PostgreSQL, which the multi-machine worker tests start on loopback, and
+# starts a single-node SLURM (scripts/setup_slurm.sh, needs root or sudo) for the cluster tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,10 @@ if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: no apt-get for ${packages[*]}: PNG plots fall back to matplotlib," \
          "PostgreSQL tests skip"
   fi
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  bash scripts/setup_slurm.sh || echo "setup: no single-node SLURM: the SLURM tests skip"
 fi
 
 python=${PYTHON:-python3.11}

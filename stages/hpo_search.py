@@ -10,15 +10,23 @@ from retfound_hpo.search.study_files import write_search_outputs
 from retfound_hpo.search.workers import run_search
 from retfound_hpo.training.inputs import load_cached
 
+INTERRUPTED = (
+    "interrupted: a trial cut off is recorded FAIL and not counted; dvc repro resumes the study"
+)
+
 
 def main() -> None:
     params = load_params("params.yaml")
     prepared = Path(params.data.prepared_dir)
-    train, val = load_cached(prepared / "train"), load_cached(prepared / "val")  # never test
-    study, interrupted = run_search(params, train, val)
-    # Also after Ctrl-C: keep what completed.
-    best = write_search_outputs(study, params.hpo, dataclasses.asdict(params))
+    try:
+        train, val = load_cached(prepared / "train"), load_cached(prepared / "val")  # never test
+        study, interrupted = run_search(params, train, val)
+        # Also after Ctrl-C: keep what completed.
+        best = write_search_outputs(study, params.hpo, dataclasses.asdict(params))
+    except KeyboardInterrupt:  # Ctrl-C before or after the trials: nothing half-written
+        interrupted = True
     if interrupted:
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     if best is None:
         sys.exit(f"no trial completed; see {params.hpo.study_dir / 'trials.csv'}")

@@ -3,8 +3,10 @@
 import os
 import runpy
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +167,96 @@ def unavailable(what: str, hint: str, required_by: str) -> None:
     if os.environ.get(required_by):
         pytest.fail(f"{what} is required here ({required_by} is set): {hint}")
     pytest.skip(f"{what} not available: {hint}")
+
+
+def find_postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+def postgres_unavailable(reason: str):
+    unavailable(
+        "PostgreSQL",
+        f"{reason} (bash scripts/setup.sh --test installs it)",
+        "RETFOUND_HPO_REQUIRE_POSTGRES",
+    )
+
+
+POSTGRES_PASSWORD = "pw-of-test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 for the session, in README's documented URL
+    form (postgresql://, psycopg 3); TCP logins need the password."""
+    if url := os.environ.get("RETFOUND_HPO_TEST_POSTGRES"):
+        yield url
+        return
+    initdb, pg_ctl = find_postgres_bin("initdb"), find_postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        postgres_unavailable("initdb/pg_ctl not found")
+    # The server refuses to run as root: run it as the postgres user where we are root.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="retfound-pg-"))
+    folder.chmod(0o777)
+    data = folder / "data"
+    (folder / "pw").write_text(POSTGRES_PASSWORD)
+    (folder / "pw").chmod(0o644)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        subprocess.run(
+            [*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth-local=trust"]
+            + ["--auth-host=scram-sha-256", f"--pwfile={folder / 'pw'}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(folder / "log"), "start"]
+            + ["-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        postgres_unavailable(f"the server did not start: {getattr(err, 'stderr', err)}")
+    yield f"postgresql://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{port}/postgres"
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A SLURM controller that answers and a node that takes jobs (scripts/setup_slurm.sh);
+    returns a partition to submit to."""
+    hint = "bash scripts/setup_slurm.sh starts a single-node SLURM (needs root or sudo)"
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        unavailable("SLURM", f"no sinfo/sbatch: {hint}", "RETFOUND_HPO_REQUIRE_SLURM")
+    try:  # scontrol ping first: sinfo without a controller retries for ~10 s
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+        nodes = subprocess.run(
+            ["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, timeout=15
+        )
+    except subprocess.TimeoutExpired:
+        unavailable("SLURM", f"scontrol/sinfo did not answer: {hint}", "RETFOUND_HPO_REQUIRE_SLURM")
+    usable = [
+        line.split()[0].rstrip("*")
+        for line in nodes.stdout.splitlines()
+        if line.split()[1:] and line.split()[1].startswith(("idle", "mixed", "alloc"))
+    ]
+    if ping.returncode != 0 or not usable:
+        state = (ping.stdout + nodes.stdout + nodes.stderr).strip().replace("\n", "; ")
+        unavailable("SLURM", f"no usable node ({state}): {hint}", "RETFOUND_HPO_REQUIRE_SLURM")
+    return usable[0]
 
 
 # The demo pipeline at test size: 100 + 20 images, two trials of two epochs, two epochs of

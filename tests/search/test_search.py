@@ -16,6 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import easy_images, fingerprint_of, tiny_params, write_outputs
+from retfound_hpo.search.budget import counted_trials
 from retfound_hpo.search.study import open_study
 from retfound_hpo.search.workers import run_search
 
@@ -95,9 +96,10 @@ def test_trial_cut_off_before_its_objective_is_failed_on_resume(tmp_path, mae_ch
     ).ask()  # left RUNNING with no worker named: a crash
     time.sleep(2.2)  # two heartbeat intervals
     study, _ = run_search(params, *data)
-    assert len(study.trials) == 2  # the failed one counts toward n_trials
+    assert len(study.trials) == 3  # the cut-off one is not counted: two others ran
     trial = study.trials[0]
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert [t.number for t in counted_trials(study)] == [1, 2]
 
 
 def test_out_of_memory_fails_the_trial_fast_and_the_next_one_runs(
@@ -212,10 +214,10 @@ def test_trials_record_hparams_throughput_and_memory(tmp_path, mae_checkpoint, d
     assert row["lora_targets"] == "qkv,proj,fc1,fc2" and row["peak_memory_mb"] > 0
 
 
-def test_kill_9_mid_trial_then_resume(tmp_path, mae_checkpoint, data):
-    """A search killed with SIGKILL keeps its completed trials; the next run fails the cut-off
-    trial and runs on to n_trials."""
-    params = tiny_params(tmp_path, mae_checkpoint, hpo={"n_trials": 3})
+def test_kill_9_in_the_last_trial_then_resume(tmp_path, mae_checkpoint, data):
+    """A search killed with SIGKILL in its last trial keeps its completed trials; the next run
+    fails the cut-off trial before counting (it is not counted) and finishes the budget."""
+    params = tiny_params(tmp_path, mae_checkpoint, hpo={"n_trials": 2})
     driver = tmp_path / "driver.py"
     driver.write_text(
         DRIVER.format(tests=str(Path(__file__).parents[1]), params=str(tmp_path / "params.yaml"))
@@ -245,6 +247,7 @@ def test_kill_9_mid_trial_then_resume(tmp_path, mae_checkpoint, data):
     assert study.trials[0].value == first.value and study.trials[0].params == first.params
     reason = study.trials[1].user_attrs["fail_reason"]  # its process is gone: failed at once
     assert reason == f"worker {socket.gethostname()}:{proc.pid} died (killed or crashed)"
+    assert [t.number for t in counted_trials(study)] == [0, 2]
 
 
 def trial_states_read_only(db: Path) -> list[str]:

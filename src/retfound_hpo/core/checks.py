@@ -9,13 +9,20 @@ from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.space import LORA_TARGET_NAMES, check_search_space, fixed_params
 
 if TYPE_CHECKING:
-    from retfound_hpo.core.params import Params
+    from retfound_hpo.core.params import HpoConfig, Params
 
 DATA_FORMATS = ("aptos", "eyepacs", "messidor", "idrid", "csv")
 # retfound: RETFound's selection score, (macro F1 + macro AUROC + unweighted kappa) / 3
 METRICS = ("accuracy", "kappa", "auroc", "f1", "retfound")
-STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://")
+POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://")
+STORAGE_SCHEMES = ("sqlite:///", "journal:///", *POSTGRES_SCHEMES)
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+# sbatch --time: minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+SLURM_TIME = re.compile(r"(\d+-\d+|\d+)(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
+SLURM_NAME = re.compile(r"[A-Za-z0-9_.,+-]+")
+SLURM_MEMORY = re.compile(r"\d+[KMGT]?")
+# #SBATCH options the launcher sets itself (tasks, logs, working folder)
+SLURM_OWN = ("--array", "--output", "--error", "--chdir", "--wrap", "--parsable", "-a", "-o", "-e")
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -131,8 +138,10 @@ def check_values(p: Params) -> None:
         h.storage is None or h.storage.startswith(STORAGE_SCHEMES),
         "hpo.storage",
         h.storage,
-        "use null (study.db in hpo.output_dir), sqlite:///<path> or postgresql://user@host/db",
+        "use null (study.db in hpo.output_dir), sqlite:///<path>, journal:///<path> or "
+        "postgresql://user@host/db",
     )
+    _check_launcher(h)
     _require(tb.epochs >= 1, "train_best.epochs", tb.epochs, "must be >= 1")
     _require(
         tb.early_stopping_patience >= 1,
@@ -183,3 +192,70 @@ def check_values(p: Params) -> None:
     check_search_space(h.search_space)
     for i, values in enumerate(h.enqueue_trials):
         fixed_params(h.search_space, values, f"hpo.enqueue_trials[{i}]")
+
+
+def _check_launcher(h: HpoConfig) -> None:
+    """hpo.launcher slurm and its section; storages that several nodes can share."""
+    _require(
+        h.storage != "journal:///" and h.storage_url != f"journal:///{h.study_dir / 'study.db'}",
+        "hpo.storage",
+        h.storage,
+        "a journal needs a file of its own: journal:///<path>, not study.db",
+    )
+    if h.launcher != "slurm":
+        return
+    _require(
+        not h.storage_url.startswith("sqlite"),
+        "hpo.storage",
+        h.storage,
+        "with hpo.launcher slurm the tasks run on several nodes, where SQLite locks up over a "
+        "network file system: use journal:///<file on a shared file system> or "
+        "postgresql://user@host/db",
+    )
+    s = h.slurm
+    _require(1 <= s.tasks <= 1000, "hpo.slurm.tasks", s.tasks, "must be 1-1000 (array tasks)")
+    _require(
+        s.max_running is None or s.max_running >= 1,
+        "hpo.slurm.max_running",
+        s.max_running,
+        "must be >= 1 or null (no limit)",
+    )
+    for key in ("partition", "account"):
+        value = getattr(s, key)
+        _require(
+            value is None or SLURM_NAME.fullmatch(value) is not None,
+            f"hpo.slurm.{key}",
+            value,
+            "must be a SLURM name (letters, digits, _ . - +) or null",
+        )
+    _require(
+        SLURM_TIME.fullmatch(s.time) is not None,
+        "hpo.slurm.time",
+        s.time,
+        "use sbatch's formats: minutes, H:M:S or D-H:M:S, e.g. 24:00:00",
+    )
+    _require(s.gpus_per_task >= 0, "hpo.slurm.gpus_per_task", s.gpus_per_task, "must be >= 0")
+    _require(s.cpus_per_task >= 1, "hpo.slurm.cpus_per_task", s.cpus_per_task, "must be >= 1")
+    _require(
+        s.memory is None or SLURM_MEMORY.fullmatch(s.memory) is not None,
+        "hpo.slurm.memory",
+        s.memory,
+        "use sbatch's --mem format, e.g. 32G or 16000 (MB), or null",
+    )
+    for key in ("extra", "setup"):
+        for i, line in enumerate(getattr(s, key)):
+            _require(
+                "\n" not in line and bool(line.strip()),
+                f"hpo.slurm.{key}[{i}]",
+                line,
+                "must be one non-empty line",
+            )
+    for i, line in enumerate(s.extra):
+        option = line.split("=")[0].split()[0]
+        _require(
+            line.startswith("-") and option not in SLURM_OWN,
+            f"hpo.slurm.extra[{i}]",
+            line,
+            "must be an sbatch option such as --qos=normal; the launcher sets "
+            f"{', '.join(o for o in SLURM_OWN if o.startswith('--'))} itself",
+        )

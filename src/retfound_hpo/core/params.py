@@ -74,6 +74,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """hpo.launcher slurm: one job array of retfound-worker tasks (search/cluster.py)."""
+
+    tasks: int = 2  # array size: workers, one per task
+    max_running: int | None = None  # at most this many tasks at once (sbatch --array=0-N%K)
+    partition: str | None = None  # null: the cluster's default partition
+    time: str = "24:00:00"  # per task, in sbatch's formats (minutes, H:M:S, D-H:M:S)
+    gpus_per_task: int = 0  # --gres=gpu:N; 1 on a GPU cluster
+    cpus_per_task: int = 1
+    memory: str | None = None  # --mem, e.g. 32G; null: the partition's default
+    account: str | None = None
+    extra: tuple[str, ...] = ()  # more #SBATCH options, e.g. ["--qos=normal"]
+    setup: tuple[str, ...] = ()  # shell lines run before the worker, e.g. ["module load cuda"]
+
+
+@dataclass(frozen=True)
 class HpoConfig:
     study_name: str = "retfound_lora_search"
     output_dir: str = "results/optuna"
@@ -99,7 +115,11 @@ class HpoConfig:
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Scale-out: worker processes on this host, and a shared database for workers elsewhere.
     n_workers: int = 1  # processes sharing the study here (one GPU each, or a share of the cores)
-    storage: str | None = None  # null: <study_dir>/study.db; or postgresql://user@host/db
+    # null: <study_dir>/study.db (SQLite, one machine); postgresql://user@host/db, or
+    # journal:///<file> (Optuna's journal file, on a shared file system) for several machines
+    storage: str | None = None
+    launcher: Literal["local", "slurm"] = "local"  # slurm: the workers as one SLURM job array
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     heartbeat_seconds: int = 60  # a running trial silent for 2x this is failed (worker died)
     retry_failed_trials: int = 0  # re-runs of a dead worker's trial with the same parameters
     keep_adapters: bool = False  # keep each trial's LoRA adapter (a few MB) as an artifact

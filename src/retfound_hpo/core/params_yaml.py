@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ from retfound_hpo.core.space import normalize_search_space
 from retfound_hpo.core.typed import build, yaml_problem
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as DVC reads it (1.2): `10:00` is text, where YAML 1.1 reads the number 600."""
+
+
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+_Loader.yaml_implicit_resolvers = {
+    first: [("tag:yaml.org,2002:str", _SEXAGESIMAL), *resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ConfigError naming the first bad key."""
     path = Path(path)
@@ -26,7 +38,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: {yaml_problem(err)}") from None
     except UnicodeDecodeError:

@@ -1,9 +1,10 @@
 """What hpo.n_trials counts, and when trials fail the way every trial would.
 
 The budget counts every trial a worker started, except a failed trial that a retry replaced
-(it counts once) and a trial spoiled by a setup mistake: a bad input met inside a trial, or
-one failure repeated word for word. Those stop the search instead, and cost nothing: a rerun
-after the fix runs the whole budget.
+(it counts once), a trial cut off by its worker's end (Ctrl-C, SIGTERM from a scheduler, a
+kill or a lost machine: someone else runs one in its place) and a trial spoiled by a setup
+mistake: a bad input met inside a trial, or one failure repeated word for word. Those stop the
+search instead, and cost nothing: a rerun after the fix runs the whole budget.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Budget:
 
 # A failure that repeats this many times in a row, word for word, would fail every trial.
 REPEATED_FAILURES = 3
-UNCOUNTED = "uncounted_trial_"  # study attribute prefix: trials that failed every trial's way
+UNCOUNTED = "uncounted_trial_"  # study attribute prefix: trials hpo.n_trials leaves out
 
 
 class SearchStopped(UserError):
@@ -37,6 +38,12 @@ class SearchStopped(UserError):
 def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of failed trials that a retry replaced: each retry lists its forerunners."""
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def mark_uncounted(study: optuna.Study, number: int, reason: str) -> None:
+    """Leave trial `number` out of hpo.n_trials: it was cut off (its worker was interrupted,
+    killed or lost) or failed the way every trial would."""
+    study.set_user_attr(f"{UNCOUNTED}{number}", reason)
 
 
 def uncounted_numbers(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
@@ -85,7 +92,7 @@ class StopOnSetupFailure:
         self.repeats = [*same, trial]
         if len(self.repeats) >= REPEATED_FAILURES:
             for t in self.repeats:
-                study.set_user_attr(f"{UNCOUNTED}{t.number}", reason)
+                mark_uncounted(study, t.number, reason)
             numbers = [t.number for t in self.repeats]
             raise SearchStopped(
                 f"trials {numbers} failed with the same error, as every trial would: {reason}; "

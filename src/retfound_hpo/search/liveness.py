@@ -1,4 +1,5 @@
-"""Trials whose worker is gone: found (same host at once, others by heartbeat) and failed."""
+"""Trials whose worker is gone: found (same host at once, others by heartbeat, a SLURM task's
+end at once) and failed; they are not counted toward hpo.n_trials (storage.DeadTrialCallback)."""
 
 from __future__ import annotations
 
@@ -43,17 +44,27 @@ def fail_dead_trials(study: optuna.Study, heartbeat_seconds: int) -> None:
         worker = trial.user_attrs.get("worker")
         if worker is None:
             if datetime.now() - trial.datetime_start > grace:
-                _fail_trial(study, trial, "interrupted")
+                fail_trial(study, trial, "interrupted")
             continue
         name, _, pid = worker.rpartition(":")
         if name == host and not process_alive(int(pid)):
-            _fail_trial(study, trial, f"worker {worker} died (killed or crashed)")
+            fail_trial(study, trial, f"worker {worker} died (killed or crashed)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
 
-def _fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+def fail_trials_of_ended_tasks(study: optuna.Study, ended: dict[str, str]) -> None:
+    """Fail the running trials of SLURM array tasks that have ended (`ended`: task id such as
+    "123_0" -> its final state), at once rather than after two heartbeat intervals."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        task = trial.user_attrs.get("slurm_task")
+        if task in ended:
+            fail_trial(study, trial, f"slurm task {task} ended ({ended[task]}) during the trial")
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Fail a running trial whose worker is gone, with `reason`; not counted, maybe retried."""
     storage = study._storage
     try:
         storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
@@ -61,6 +72,25 @@ def _fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
     except optuna.exceptions.UpdateFinishedTrialError:
         return  # finished or failed by another worker meanwhile
     log.warning("trial %d: %s; marked FAIL", trial.number, reason)
-    retry = storage.get_heartbeat_stale_trial_callback()  # the same retry as for heartbeats
-    if retry is not None:
-        retry(study, storage.get_trial(trial._trial_id))
+    on_dead = storage.get_heartbeat_stale_trial_callback()  # as for heartbeats: uncounted, retry
+    if on_dead is not None:
+        on_dead(study, storage.get_trial(trial._trial_id))
+
+
+def optimize_one(study: optuna.Study, objective, callback, worker_index: int) -> None:
+    """One trial. If another worker failed it meanwhile (its heartbeat came too late, e.g. on
+    an overloaded machine), Optuna cannot record its end: that trial is lost, not the worker."""
+    try:
+        study.optimize(
+            objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=[callback]
+        )
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
+        if not isinstance(err, optuna.exceptions.UpdateFinishedTrialError) and (
+            "Cannot tell a" not in str(err)
+        ):
+            raise
+        log.warning(
+            "worker %d: its trial was failed by another worker while it ran (no heartbeat for "
+            "two intervals: raise hpo.heartbeat_seconds on a busy machine); it is not counted",
+            worker_index,
+        )

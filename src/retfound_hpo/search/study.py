@@ -1,59 +1,30 @@
-"""The study's storage, and opening a study that knows what its trials were made from.
+"""Opening a study that knows what its trials were made from; keeping other studies aside.
 
 A study records the fingerprint of its inputs (fingerprint.py) when it is created. Reopened
 under another fingerprint (new data, another checkpoint, a changed setting or search space),
 its trials would answer another question, so they are never reused: the main run keeps the
 old study in the same storage as `<study_name>@<its fingerprint id>`, says what changed, and
 starts a new `<study_name>`. Changing the inputs back resumes the kept study. A worker that
-joins a search is never allowed to do this: its inputs must match the study's.
+joins a search is never allowed to do this: its inputs must match the study's. Nothing is ever
+overwritten: a kept study goes to a free name, and only a study without trials is deleted.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
-from pathlib import Path
+import shutil
 from typing import Any
 
 import optuna
-import sqlalchemy
 
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params import HpoConfig
 from retfound_hpo.core.space import fixed_params
 from retfound_hpo.search.fingerprint import describe_changes, fingerprint_id
+from retfound_hpo.search.storage import ensure_folder, file_of, make_storage, safe_url
 from retfound_hpo.search.strategy import make_pruner, make_sampler
 
 log = logging.getLogger(__name__)
-
-
-def safe_url(url: str) -> str:
-    """A storage URL fit for logs and config.json: no password."""
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-
-
-def make_storage(hpo: HpoConfig) -> optuna.storages.RDBStorage:
-    """The study's database, with heartbeats so that a dead worker's trial is failed (and,
-    with hpo.retry_failed_trials, queued again with the same parameters)."""
-    url = hpo.storage_url
-    engine_kwargs = {}
-    if url.startswith("sqlite"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        # Workers on one host take turns writing; wait for the lock instead of failing at 5 s.
-        engine_kwargs = {"connect_args": {"timeout": 120}}
-    retry = (
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=hpo.retry_failed_trials)
-        if hpo.retry_failed_trials
-        else None
-    )
-    with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=hpo.heartbeat_seconds,
-            heartbeat_stale_trial_callback=retry,
-        )
 
 
 def kept_name(study_name: str, fingerprint_key: str) -> str:
@@ -61,43 +32,72 @@ def kept_name(study_name: str, fingerprint_key: str) -> str:
     return f"{study_name}@{fingerprint_key}"
 
 
-def _move_study(storage: optuna.storages.BaseStorage, source: str, target: str) -> None:
-    """Rename a study within its storage (Optuna has no rename: copy, then delete)."""
-    if target in optuna.get_all_study_names(storage):  # left by a run cut off mid-move
-        optuna.delete_study(study_name=target, storage=storage)
+def free_name(names: list[str], wanted: str) -> str:
+    """`wanted`, or `wanted-2`, `wanted-3`, ... where a study of that name is kept already."""
+    name, n = wanted, 1
+    while name in names:
+        n += 1
+        name = f"{wanted}-{n}"
+    return name
+
+
+def move_study(storage: optuna.storages.BaseStorage, source: str, target: str) -> None:
+    """Rename a study within its storage (Optuna has no rename: copy, then delete). `target`
+    must be free: nothing is ever deleted but the source, once copied."""
     optuna.copy_study(
         from_study_name=source, from_storage=storage, to_storage=storage, to_study_name=target
     )
     optuna.delete_study(study_name=source, storage=storage)
 
 
+def keep_aside(storage: optuna.storages.BaseStorage, study: optuna.Study) -> str | None:
+    """Move `study` out of the way under `<name>@<its fingerprint id>` (a snapshot of another
+    storage: `...-snapshot`), at a free name; a study without trials is deleted instead (it
+    holds nothing to keep). Returns the new name, None when deleted."""
+    name = study.study_name
+    if not study.get_trials(deepcopy=False):
+        optuna.delete_study(study_name=name, storage=storage)
+        return None
+    base = kept_name(name, study.user_attrs.get("fingerprint_id", "unfingerprinted"))
+    if "snapshot_of" in study.user_attrs:
+        base += "-snapshot"
+    target = free_name(optuna.get_all_study_names(storage), base)
+    move_study(storage, name, target)
+    return target
+
+
 def _switch_inputs(
     hpo: HpoConfig, storage: optuna.storages.BaseStorage, fingerprint: dict[str, Any]
 ) -> None:
-    """Make `hpo.study_name` the study of these inputs: keep a study of other inputs under
-    its fingerprint id, and bring back a kept study of these inputs if there is one."""
+    """Make `hpo.study_name` the study of these inputs: keep a study of other inputs (or a
+    snapshot of another storage) aside, and bring back a kept study of these inputs."""
     name, url = hpo.study_name, safe_url(hpo.storage_url)
-    names = optuna.get_all_study_names(storage)
     wanted = kept_name(name, fingerprint_id(fingerprint))
-    if name in names:
+    if name in optuna.get_all_study_names(storage):
         current = optuna.load_study(study_name=name, storage=storage)
         old = current.user_attrs.get("fingerprint")
-        if old == fingerprint:
+        snapshot = current.user_attrs.get("snapshot_of")
+        if old == fingerprint and snapshot is None:
             return
-        old_id = current.user_attrs.get("fingerprint_id", "unfingerprinted")
         n_trials = len(current.get_trials(deepcopy=False))
-        _move_study(storage, name, kept_name(name, old_id))
-        log.warning(
-            "study %s in %s was run on other inputs (%s): its %d trial(s) are kept as study "
-            "%r in the same storage and are not reused",
-            name,
-            url,
-            describe_changes(old, fingerprint),
-            n_trials,
-            kept_name(name, old_id),
-        )
-    if wanted in names:
-        _move_study(storage, wanted, name)
+        kept = keep_aside(storage, current)
+        if kept is not None:
+            why = (
+                f"is a copy of the study in {snapshot}"
+                if snapshot is not None
+                else f"was run on other inputs ({describe_changes(old, fingerprint)})"
+            )
+            log.warning(
+                "study %s in %s %s: its %d trial(s) are kept as study %r in the same storage "
+                "and are not reused",
+                name,
+                url,
+                why,
+                n_trials,
+                kept,
+            )
+    if wanted in optuna.get_all_study_names(storage):
+        move_study(storage, wanted, name)
         log.info("study %s: resuming the trials kept as %r (made from these inputs)", name, wanted)
 
 
@@ -113,8 +113,8 @@ def open_study(
     With `create` (the main run, before any worker starts: a new database races on table
     creation) a study of other inputs is kept aside and a new one started. Without it (a worker
     joining), the study must exist and match."""
-    hpo.study_dir.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(hpo)
+    ensure_folder(hpo.study_dir, "hpo.output_dir")
+    storage = make_storage(hpo, create=create)
     url = safe_url(hpo.storage_url)
     if create:
         _switch_inputs(hpo, storage, fingerprint)
@@ -170,3 +170,25 @@ def enqueue_known_good(study: optuna.Study, hpo: HpoConfig, counted: int) -> int
     if queued:
         log.info("queued %d known-good hyperparameter set(s) to run first", queued)
     return queued
+
+
+def discard_if_empty(study: optuna.Study, hpo: HpoConfig, storage_existed: bool) -> None:
+    """After a failure before any trial ran: leave no empty study behind, nor a storage file
+    that this run created for nothing."""
+    try:
+        if study.get_trials(deepcopy=False):
+            return
+        optuna.delete_study(study_name=study.study_name, storage=study._storage)
+        path = file_of(hpo.storage_url)
+        if path is None or storage_existed or optuna.get_all_study_names(study._storage):
+            return
+        backend = getattr(study._storage, "_backend", study._storage)  # Optuna's cache wraps it
+        if isinstance(backend, optuna.storages.RDBStorage):
+            backend.engine.dispose()
+        for suffix in ("", ".lock", ".slots.lock"):  # journal lock / slot lock beside it
+            path.with_name((path.stem if suffix == ".slots.lock" else path.name) + suffix).unlink(
+                missing_ok=True
+            )
+        shutil.rmtree(path.with_name(path.name + ".leases"), ignore_errors=True)
+    except Exception as err:  # never hide the failure that brought us here
+        log.warning("could not remove the empty study %s: %s", study.study_name, err)

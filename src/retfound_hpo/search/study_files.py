@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
+from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from retfound_hpo.core.params import HpoConfig
 from retfound_hpo.search.budget import uncounted_numbers
-from retfound_hpo.search.study import safe_url
+from retfound_hpo.search.storage import safe_url
+from retfound_hpo.search.study import keep_aside
+
+log = logging.getLogger(__name__)
 
 GUIDE_HPARAMS = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "dropout")
 # Trial attributes that are not trials.csv columns: lists and dicts, and internal marks.
@@ -70,15 +77,51 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
 
 
-def write_study_snapshot(study: optuna.Study, path: Path) -> None:
-    """study.db as a copy of a study that lives in a shared database (export-report reads it)."""
+def _snapshot_storage(path: Path) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(f"sqlite:///{path}")
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as err:
+        reason = " ".join(str(getattr(err, "orig", None) or err).split("\n")[0].split())
+        raise ConfigError(
+            f"hpo.output_dir: {path} is not an Optuna SQLite database ({reason}); move it "
+            "away (it is not overwritten) and rerun"
+        ) from None
+
+
+def check_snapshot(hpo: HpoConfig) -> None:
+    """Before any trial: a study.db that the snapshot would go into must be a study database."""
+    path = hpo.study_dir / "study.db"
+    if hpo.storage_url != hpo.snapshot_url and path.exists():
+        _snapshot_storage(path).engine.dispose()
+
+
+def write_study_snapshot(study: optuna.Study, hpo: HpoConfig) -> None:
+    """study.db as a copy of a study that lives in a shared storage (export-report reads it).
+
+    What study.db held under the study's name is replaced only when it is an earlier copy of
+    the same storage's study of the same inputs; a local study, or a copy of another storage's
+    or of other inputs, is kept aside in study.db (study.keep_aside), as are kept studies."""
+    path = hpo.study_dir / "study.db"
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    optuna.copy_study(
-        from_study_name=study.study_name,
-        from_storage=study._storage,
-        to_storage=f"sqlite:///{tmp}",
-    )
+    if path.exists():
+        shutil.copyfile(path, tmp)
+    source, name = safe_url(hpo.storage_url), study.study_name
+    target = _snapshot_storage(tmp)
+    try:
+        if name in optuna.get_all_study_names(target):
+            old = optuna.load_study(study_name=name, storage=target)
+            same = old.user_attrs.get("snapshot_of") == source and old.user_attrs.get(
+                "fingerprint"
+            ) == study.user_attrs.get("fingerprint")
+            if same:
+                optuna.delete_study(study_name=name, storage=target)
+            elif kept := keep_aside(target, old):
+                log.warning("%s: study %s there is kept as %r", path, name, kept)
+        optuna.copy_study(from_study_name=name, from_storage=study._storage, to_storage=target)
+        optuna.load_study(study_name=name, storage=target).set_user_attr("snapshot_of", source)
+    finally:
+        target.engine.dispose()
     tmp.replace(path)
 
 
@@ -103,12 +146,12 @@ def write_search_outputs(
     # study.pkl for the guide's users: an in-memory copy, so it unpickles without the database.
     memory = optuna.storages.InMemoryStorage()
     optuna.copy_study(
-        from_study_name=study.study_name, from_storage=hpo.storage_url, to_storage=memory
+        from_study_name=study.study_name, from_storage=study._storage, to_storage=memory
     )
     in_memory = optuna.load_study(study_name=study.study_name, storage=memory)
     write_bytes_atomic(out / "study.pkl", pickle.dumps(in_memory))
     if hpo.storage_url != hpo.snapshot_url:
-        write_study_snapshot(in_memory, out / "study.db")
+        write_study_snapshot(in_memory, hpo)
 
     best = best_trial(study)
     if best is None:
