@@ -11,7 +11,9 @@ import yaml
 from retfound_hpo.core.checks import check_values
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params import Params
+from retfound_hpo.core.recipes import fill_defaults, log_overrides
 from retfound_hpo.core.space import normalize_search_space
+from retfound_hpo.core.space_sections import active_space
 from retfound_hpo.core.typed import build, yaml_problem
 
 
@@ -24,10 +26,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: {yaml_problem(err)}") from None
-    params = build(Params, raw, "")
+    # Null (or absent) recipe values take model.arch's and model.adaptation's (core.recipes).
+    params = build(Params, fill_defaults(raw), "")
     space = normalize_search_space(params.hpo.search_space)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
     check_values(params)
+    # From here on the search space is model.adaptation's section.
+    space = active_space(space, params.model.adaptation)
+    params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
+    log_overrides(params.model.arch, params.model.input_size, params.model.normalization)
     return params
 
 
