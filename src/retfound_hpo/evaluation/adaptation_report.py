@@ -73,7 +73,8 @@ def difference_table(vs_lora: dict) -> tuple[list[str], list[str], list[str]]:
     ]
     yes, no = [], []
     for mode, datasets in vs_lora.items():
-        for name, ds in datasets.items():
+        order = sorted(datasets, key=lambda n: (n != "val", n != "test"))  # val, test, others
+        for name, ds in ((n, datasets[n]) for n in order):
             for metric, r in ds["metrics"].items():
                 p = "<0.001" if r["p_value"] < 0.001 else f"{r['p_value']:.3f}"
                 ok = resolved(r)
