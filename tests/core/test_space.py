@@ -2,7 +2,8 @@ import optuna
 import pytest
 
 from retfound_hpo.core.errors import ConfigError
-from retfound_hpo.core.space import check_search_space
+from retfound_hpo.core.space import check_search_space, normalize_search_space
+from retfound_hpo.core.space_sections import active_space
 from retfound_hpo.search.suggest import suggest_hparams
 
 GUIDE_CONDITIONAL = {
@@ -220,3 +221,67 @@ def test_conditional_space_in_a_real_study():
         allowed = [32, 64, 128] if d["lora_r"] >= 16 else [16, 32]
         assert d["lora_alpha"] in allowed
         assert ("warmup_epochs" in d) == (d["lora_r"] == 32)
+
+
+# One section per adaptation: each holds only what its adaptation can use.
+LR = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+SECTIONS = {
+    "lora": {"lora_r": LORA_R, "learning_rate": LR},
+    "full": {"learning_rate": LR, "layer_decay": {"type": "float", "low": 0.5, "high": 0.9}},
+    "linear_probe": {"learning_rate": LR},
+}
+
+
+@pytest.mark.parametrize("adaptation", ["lora", "full", "linear_probe"])
+def test_each_adaptation_searches_its_own_section(adaptation):
+    check_search_space(SECTIONS, adaptation)
+    assert active_space(SECTIONS, adaptation) == SECTIONS[adaptation]
+    flat = SECTIONS[adaptation]  # a flat space is model.adaptation's own
+    check_search_space(flat, adaptation)
+    assert active_space(flat, adaptation) is flat
+
+
+@pytest.mark.parametrize(
+    ("space", "adaptation", "message"),
+    [
+        (
+            {**SECTIONS, "full": {"lora_r": LORA_R, "learning_rate": LR}},
+            "lora",  # every section is checked, not only the active one
+            r"hpo.search_space.full.lora_r: 'lora_r' is not allowed; model.adaptation full "
+            r"trains every weight, no LoRA adapters; its hyperparameters: \['learning_rate'",
+        ),
+        (
+            {"lora_alpha": {"type": "categorical", "choices": [16]}, "learning_rate": LR},
+            "full",  # a flat space is the active adaptation's
+            r"hpo.search_space.lora_alpha: 'lora_alpha' is not allowed; model.adaptation full",
+        ),
+        (
+            {**SECTIONS, "linear_probe": {"layer_decay": {"type": "float", "low": 0.5, "high": 1}}},
+            "linear_probe",
+            r"linear_probe.layer_decay: 'layer_decay' is not allowed; model.adaptation "
+            r"linear_probe trains only the head",
+        ),
+        (
+            {**SECTIONS, "learning_rate": LR},
+            "lora",
+            r"hpo.search_space.learning_rate: 'learning_rate' is not allowed; a space in sections "
+            r"per adaptation holds only \['lora', 'full', 'linear_probe'\]; put learning_rate "
+            r"under hpo.search_space.lora",
+        ),
+        (
+            {"lora": SECTIONS["lora"]},
+            "full",
+            r"hpo.search_space.full: None is not allowed; model.adaptation is full: give its "
+            r"section \(sections: \['lora'\]\)",
+        ),
+        ({**SECTIONS, "full": {}}, "lora", r"hpo.search_space.full: \{\} is not allowed"),
+    ],
+)  # fmt: skip
+def test_a_section_holds_only_what_its_adaptation_uses(space, adaptation, message):
+    with pytest.raises(ConfigError, match=message):
+        check_search_space(space, adaptation)
+
+
+def test_numbers_written_as_text_are_read_in_every_section():
+    space = {"full": {"learning_rate": {"type": "float", "low": "1e-05", "high": "1e-3"}}}
+    assert normalize_search_space(space)["full"]["learning_rate"]["low"] == 1e-05

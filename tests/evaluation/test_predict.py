@@ -212,8 +212,9 @@ def test_broken_model_folder_or_input_is_one_line(tmp_path, model_dir, new_image
     model, images = tmp_path / "model", new_images
     if case == "no_weights":
         copy_model(model_dir, model, drop=("adapter_*",))
-        message = f"{model}: no model weights: neither model.safetensors (a merged export) nor "
-        message += "adapter_config.json and adapter_model.safetensors"
+        message = f"{model}: no model weights: no adapter_config.json and "
+        message += "adapter_model.safetensors (the LoRA adapter train-best writes for "
+        message += "model.adaptation lora)"
     elif case == "corrupt_config":
         copy_model(model_dir, model)
         config = model / "model_config.json"

@@ -27,7 +27,7 @@ EYEPACS_SIZES = [(3888, 2592), (2592, 1944)]
 TEST_BUDGET = (
     " -S data.val_fraction=0.25 -S data.test_fraction=0.25"
     " -S hpo.n_trials=1 -S hpo.num_epochs=1 -S train_best.epochs=1"
-    " -S 'hpo.search_space.batch_size.choices=[4]' -S train.eval_batch_size=8"
+    " -S 'hpo.search_space.lora.batch_size.choices=[4]' -S train.eval_batch_size=8"
     " -S evaluate.bootstrap_samples=50"
 )
 

@@ -108,3 +108,23 @@ def test_a_missing_checkpoint_is_named(tmp_path, data):
     params = tiny_params(tmp_path, tmp_path / "RETFound_cfp_weights.pth")
     with pytest.raises(CheckpointError, match="model.checkpoint: .*RETFound_cfp_weights.pth not"):
         fingerprint_of(params, *data)
+
+
+def test_the_adaptation_is_part_of_it(tmp_path, mae_checkpoint, data):
+    """A full fine-tune's trials are not LoRA's, even with every other value the same."""
+    space = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    recipe = dict(augment="basic", random_erasing=0.0, warmup_epochs=0, label_smoothing=0.0)
+    fingerprints = [
+        fingerprint_of(
+            tiny_params(
+                tmp_path,
+                mae_checkpoint,
+                model={"adaptation": adaptation, "drop_path_rate": 0.1},
+                train={**recipe, "layer_decay": 1.0},
+                hpo={"search_space": space},
+            ),
+            *data,
+        )
+        for adaptation in ("lora", "full")
+    ]
+    assert describe_changes(*fingerprints) == "model.adaptation: 'lora' -> 'full'"

@@ -105,6 +105,14 @@ def test_one_seed_trains_as_before(tmp_path, mae_checkpoint, data):
             {k: v for k, v in then.items() if k != "epoch_seconds"}
         )
     assert {"best_epoch", "epochs_run", "val_accuracy", "val_kappa"} <= set(runs.metrics())
+    # What the run cost, for the adaptation comparison: from the run and the folder on disk.
+    cost = {k: runs.metrics()[k] for k in ("trainable_params", "delivery_bytes")}
+    folder = tmp_path / "seeds" / str(params.seed)
+    assert cost == {
+        "trainable_params": runs.best.trainable_params,
+        "delivery_bytes": sum(f.stat().st_size for f in folder.iterdir()),
+    }
+    assert runs.metrics()["seconds_per_epoch"] > 0 and runs.metrics()["peak_memory_mb"] > 0
     assert (tmp_path / "best_model/adapter_model.safetensors").is_file()
     assert [p.name for p in (tmp_path / "seeds").iterdir()] == [str(params.seed)]
 

@@ -35,3 +35,19 @@ def test_warmup_then_cosine():
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4] == pytest.approx(1.0) and lrs[8] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+
+
+def test_full_fine_tuning_leaves_tokens_and_position_embeddings_undecayed(mae_checkpoint):
+    """As RETFound's param_groups_lrd: no weight decay for 1-d weights, cls_token, pos_embed;
+    the embeddings at layer 0 (the lowest learning rate)."""
+    cfg = ModelConfig(checkpoint=str(mae_checkpoint), adaptation="full")
+    model = build_model(cfg)
+    opt = build_optimizer(model, learning_rate=1e-3, weight_decay=0.05, layer_decay=0.5)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(group_of) == len(named)  # every weight trains
+    for name in ("cls_token", "pos_embed", "blocks.0.norm1.weight", "head.bias"):
+        assert group_of[id(named[name])]["weight_decay"] == 0.0, name
+    for name in ("patch_embed.proj.weight", "blocks.2.mlp.fc1.weight", "head.weight"):
+        assert group_of[id(named[name])]["weight_decay"] == 0.05, name
+    assert group_of[id(named["pos_embed"])]["lr"] == pytest.approx(1e-3 * 0.5**5)  # layer 0

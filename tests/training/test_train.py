@@ -192,3 +192,24 @@ def test_class_balanced_loss_weights_grades_by_inverse_frequency(
         np.testing.assert_allclose(weight.cpu().numpy(), expected, rtol=1e-6)
     else:
         assert weight is None
+
+
+def test_random_erasing_option_changes_training_images(mae_checkpoint, monkeypatch):
+    """train.random_erasing (RETFound's 0.25): rectangles of noise in a share of the images."""
+    import retfound_hpo.training.loop as loop
+
+    erased = []
+    real = loop.random_erase
+
+    def spy(x, probability):
+        out = real(x, probability)
+        erased.append((out != x).flatten(1).any(1).float().mean().item())
+        return out
+
+    monkeypatch.setattr(loop, "random_erase", spy)
+    basic = run(model_for(mae_checkpoint), epochs=1).history
+    assert max(erased) == 0.0  # off by default: not one image touched
+    erased.clear()
+    strong = run(model_for(mae_checkpoint), epochs=1, cfg=TrainConfig(random_erasing=0.5))
+    assert 0.2 < np.mean(erased) < 0.8  # about half the images of each batch
+    assert strong.history[0]["train_loss"] != basic[0]["train_loss"]

@@ -6,7 +6,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from retfound_hpo.core.errors import ConfigError
+from retfound_hpo.core.recipes import ARCHS
 from retfound_hpo.core.space import LORA_TARGET_NAMES, check_search_space, fixed_params
+from retfound_hpo.core.space_sections import active_space
 
 if TYPE_CHECKING:
     from retfound_hpo.core.params import HpoConfig, Params
@@ -62,12 +64,20 @@ def check_values(p: Params) -> None:
     _require(d.demo.n_domain_a >= 20, "data.demo.n_domain_a", d.demo.n_domain_a, "must be >= 20")
     _require(d.demo.n_domain_b >= 0, "data.demo.n_domain_b", d.demo.n_domain_b, "must be >= 0")
     _require(d.demo.lesion_scale > 0, "data.demo.lesion_scale", d.demo.lesion_scale, "must be > 0")
-    patch = 14 if "patch14" in m.arch else 16
+    arch = ARCHS[m.arch]
+    patch = arch.patch_size
     _require(
         m.input_size % patch == 0 and m.input_size >= 2 * patch,
         "model.input_size",
         m.input_size,
         f"must be a multiple of {patch} (the patch size of {m.arch}), at least {2 * patch}",
+    )
+    _require(
+        arch.resizable or m.input_size == arch.input_size,
+        "model.input_size",
+        m.input_size,
+        f"{arch.label} was trained at {arch.input_size} px only (its weights' position grid); "
+        f"set {arch.input_size} or null",
     )
     _require(
         2 <= m.num_classes <= 5,
@@ -104,6 +114,9 @@ def check_values(p: Params) -> None:
         0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "must be in [0, 1)"
     )
     _require(0 < t.layer_decay <= 1, "train.layer_decay", t.layer_decay, "must be in (0, 1]")
+    _require(
+        0 <= t.random_erasing < 1, "train.random_erasing", t.random_erasing, "must be in [0, 1)"
+    )
     _require(h.n_trials >= 1, "hpo.n_trials", h.n_trials, "must be >= 1")
     _require(
         h.timeout_hours is None or h.timeout_hours > 0,
@@ -189,9 +202,16 @@ def check_values(p: Params) -> None:
         (f"evaluate.datasets[{i}].exams", ds.exams) for i, ds in enumerate(ev.datasets)
     ]:
         _require(path is None or path.strip() != "", key, path, "name the exam list, or null")
-    check_search_space(h.search_space)
+    _require(
+        not h.keep_adapters or m.adaptation == "lora",
+        "hpo.keep_adapters",
+        h.keep_adapters,
+        f"model.adaptation {m.adaptation} has no LoRA adapter to keep; set false",
+    )
+    check_search_space(h.search_space, m.adaptation)
+    space = active_space(h.search_space, m.adaptation)
     for i, values in enumerate(h.enqueue_trials):
-        fixed_params(h.search_space, values, f"hpo.enqueue_trials[{i}]")
+        fixed_params(space, values, f"hpo.enqueue_trials[{i}]")
 
 
 def _check_launcher(h: HpoConfig) -> None:

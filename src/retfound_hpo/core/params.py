@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from retfound_hpo.core.recipes import arch_defaults, recipe_value
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -50,12 +52,31 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     checkpoint: str = "models/demo_backbone/checkpoint.pth"
-    arch: Literal["vit_demo", "vit_large_patch16_224", "vit_large_patch14_dinov2"] = "vit_demo"
-    input_size: int = 96
+    arch: Literal[
+        "vit_demo",
+        "vit_large_patch16_224",
+        "vit_large_patch14_dinov2",
+        "vit_small_patch14_reg4_dinov2",
+        "vit_large_patch16_dinov3",
+    ] = "vit_demo"
+    # lora: LoRA adapters + head; full: every weight (RETFound's finetune); linear_probe: the
+    # head alone on a frozen backbone (RETFound's lp). Each has its own hpo.search_space section.
+    adaptation: Literal["lora", "full", "linear_probe"] = "lora"
+    input_size: int | None = None  # null: the arch's own (core.recipes.ARCHS)
     num_classes: int = 5
-    drop_path_rate: float = 0.1
+    drop_path_rate: float | None = None  # null: the adaptation's recipe (core.recipes.RECIPES)
     lora_targets: tuple[str, ...] = ("qkv",)
     lora_dropout: float = 0.0
+    normalization: Literal["imagenet", "inception"] | None = None  # null: the arch's own
+
+    def __post_init__(self) -> None:
+        """Null values take the arch's and the adaptation's own (see core.recipes)."""
+        size, norm = arch_defaults(self.arch, self.input_size, self.normalization)
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "normalization", norm)
+        if self.drop_path_rate is None:
+            rate = recipe_value(self.adaptation, "model.drop_path_rate")
+            object.__setattr__(self, "drop_path_rate", rate)
 
 
 @dataclass(frozen=True)
@@ -66,8 +87,11 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     device: str = "auto"
     eval_batch_size: int = 128
-    augment: Literal["basic", "randaugment"] = "basic"  # flips + jitter; or RandAugment too
     grad_accum_steps: int = 1  # batches per optimizer step, for batches that do not fit
+    # The defaults below are lora's; in params.yaml a null (or absent) value takes the recipe
+    # of model.adaptation (core.recipes.RECIPES: RETFound's for full and linear_probe).
+    augment: Literal["basic", "randaugment"] = "basic"  # flips + jitter; or RandAugment too
+    random_erasing: float = 0.0  # probability per image; RETFound recipe: 0.25
     warmup_epochs: int = 0  # linear warmup, then cosine decay
     label_smoothing: float = 0.0  # RETFound recipe: 0.1
     layer_decay: float = 1.0  # layer-wise lr decay; RETFound recipe: 0.65

@@ -15,7 +15,9 @@ from retfound_hpo.core.cli import run_stage
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params import Params
 from retfound_hpo.core.paths import check_paths
+from retfound_hpo.core.recipes import fill_defaults, log_overrides
 from retfound_hpo.core.space import normalize_search_space
+from retfound_hpo.core.space_sections import active_space
 from retfound_hpo.core.typed import build, yaml_problem
 
 
@@ -45,11 +47,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: not a text file (not UTF-8); params.yaml is YAML") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    params = build(Params, raw, "")
+    # Null (or absent) recipe values take model.arch's and model.adaptation's (core.recipes).
+    params = build(Params, fill_defaults(raw), "")
     space = normalize_search_space(params.hpo.search_space)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
     check_values(params)
     check_paths(params, path.resolve().parent)
+    # From here on the search space is model.adaptation's section.
+    space = active_space(space, params.model.adaptation)
+    params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
+    log_overrides(params.model.arch, params.model.input_size, params.model.normalization)
     return params
 
 

@@ -8,6 +8,10 @@ entry may depend on an earlier one in two ways:
     lora_alpha: {type: categorical, choices: [16, 32],
                  cases: [{when: {param: lora_r, values: [16, 32]}, choices: [32, 64, 128]}]}
         -> the first matching case replaces choices/low/high/step/log; no match: the entry's own
+
+The space may have one section per adaptation (`lora:`, `full:`, `linear_probe:`); the search
+uses model.adaptation's. A flat space is model.adaptation's. Each section may only hold the
+hyperparameters its adaptation uses (MODE_HPARAMS).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import math
 from typing import Any
 
 from retfound_hpo.core.errors import ConfigError
+from retfound_hpo.core.recipes import ADAPTATIONS
+from retfound_hpo.core.space_sections import EXCLUDED, WHY_NOT, is_sectioned, space_sections
 
 # Short LoRA target names (model.LORA_TARGETS maps them to the ViT's modules).
 LORA_TARGET_NAMES = ("qkv", "proj", "fc1", "fc2")
@@ -67,9 +73,12 @@ def _as_number(value: Any) -> Any:
 
 
 def normalize_search_space(space: Any) -> Any:
-    """The space with numeric text in low/high/step turned into numbers (cases included)."""
+    """The space with numeric text in low/high/step turned into numbers (cases included), in
+    every adaptation's section."""
     if not isinstance(space, dict):
         return space
+    if is_sectioned(space):
+        return {k: normalize_search_space(v) if k in ADAPTATIONS else v for k, v in space.items()}
     out = {}
     for name, spec in space.items():
         if isinstance(spec, dict):
@@ -172,15 +181,28 @@ def _check_when(key: str, when: Any, earlier: dict[str, dict]) -> None:
             _fail(f"{key}.values", v, f"{parent} never draws it; it draws {shown}")
 
 
-def check_search_space(space: Any) -> None:
-    """Validate every entry; the first problem raises ConfigError naming its key."""
+def check_search_space(space: Any, adaptation: str = "lora") -> None:
+    """Validate every entry of every section; the first problem raises ConfigError naming its
+    key."""
+    for prefix, (mode, section) in space_sections(space, adaptation).items():
+        _check_section(section, prefix, mode)
+
+
+def _check_section(space: Any, prefix: str, mode: str) -> None:
     if not isinstance(space, dict) or not space:
-        _fail("hpo.search_space", space, "define at least one hyperparameter")
+        _fail(prefix, space, "define at least one hyperparameter")
     earlier: dict[str, dict] = {}
     for name, spec in space.items():
-        key = f"hpo.search_space.{name}"
+        key = f"{prefix}.{name}"
         if name not in TUNABLE:
             _fail(key, name, f"known hyperparameters: {list(TUNABLE)}")
+        if name in EXCLUDED[mode]:
+            allowed = [n for n in TUNABLE if n not in EXCLUDED[mode]]
+            _fail(
+                key,
+                name,
+                f"model.adaptation {mode} {WHY_NOT[mode]}; its hyperparameters: {allowed}",
+            )
         if not isinstance(spec, dict):
             _fail(key, spec, "expected a mapping with a 'type'")
         kind = spec.get("type")

@@ -6,8 +6,9 @@
 The input is a folder of images (.png, .jpg, .jpeg, .tif, .tiff, .bmp; not its subfolders) or a
 CSV with a `path` column (relative paths are read from the current directory) and an optional
 `id` column. Every image gets the pipeline's own preprocessing (crop to the retina disc, square,
-resize to the model's input size), so grades match what evaluate-cross-dataset reports. The model
-is a folder written by train-best (PEFT adapter) or by `retfound-export` (merged).
+resize to the model's input size, its backbone's normalisation), so grades match what
+evaluate-cross-dataset reports. The model is a folder written by train-best (a PEFT adapter, a
+full state dict or a head, as model.adaptation delivers) or by `retfound-export` (merged).
 The output CSV has id, path, pred_grade and one probability column per grade.
 """
 
@@ -28,8 +29,7 @@ from retfound_hpo.core.cli import run_stage
 from retfound_hpo.core.errors import CheckpointError, DatasetError
 from retfound_hpo.core.files import write_text_atomic
 from retfound_hpo.data.preprocess import preprocess_image
-from retfound_hpo.model.export import MERGED_FILE, load_merged
-from retfound_hpo.model.saved import ADAPTER_FILES, load_trained_model, read_model_config
+from retfound_hpo.model.saved import WHAT, delivery_files, load_trained_model, read_model_config
 from retfound_hpo.training.device import resolve_device
 from retfound_hpo.training.inference import predict_proba
 
@@ -70,17 +70,18 @@ def list_images(source: str | Path) -> pd.DataFrame:
 
 
 def load_model(model_dir: str | Path) -> tuple[nn.Module, dict]:
-    """A merged export or a PEFT adapter folder, in eval mode, with its config."""
+    """A model folder of any adaptation, or a merged export, in eval mode, with its config."""
     model_dir = Path(model_dir)
-    read_model_config(model_dir)  # first: a folder that is no model folder at all says so
-    if (model_dir / MERGED_FILE).is_file():
-        return load_merged(model_dir)
-    missing = [name for name in ADAPTER_FILES if not (model_dir / name).is_file()]
+    cfg, config = read_model_config(model_dir)  # first: a folder that is no model folder says so
+    files = delivery_files(config)
+    missing = [name for name in files if not (model_dir / name).is_file()]
     if missing:
-        raise CheckpointError(
-            f"{model_dir}: no model weights: neither {MERGED_FILE} (a merged export) nor "
-            f"{' and '.join(missing)} (the LoRA adapter train-best writes)"
+        what = (
+            "the merged export retfound-export writes"
+            if config.get("merged")
+            else f"{WHAT[cfg.adaptation]} train-best writes for model.adaptation {cfg.adaptation}"
         )
+        raise CheckpointError(f"{model_dir}: no model weights: no {' and '.join(missing)} ({what})")
     return load_trained_model(model_dir)
 
 

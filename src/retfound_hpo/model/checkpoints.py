@@ -1,19 +1,27 @@
-"""Loading RETFound's pretrained weights into a backbone: file checks, key layouts, shapes."""
+"""Loading RETFound's pretrained weights into a backbone: file checks, key layouts, shapes.
+
+Layouts: RETFound-MAE (`model`), RETFound-DINOv2 (`teacher`, `backbone.`, maybe block chunks),
+RETFound-Green and timm files (a plain state dict), and Meta's DINOv3 release (a plain state
+dict with `storage_tokens`, `ls1.gamma`, RoPE periods), converted by timm's own Eva filter.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 from pathlib import Path
 
 import torch
 from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
+from timm.models import eva
 from torch import nn
 
 from retfound_hpo.core.errors import CheckpointError
-from retfound_hpo.model.backbones import POOLING
+from retfound_hpo.core.params import ModelConfig
+from retfound_hpo.core.recipes import ARCHS
+from retfound_hpo.model.backbones import POOLING, Pooling, arch_of, build_backbone
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +113,72 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in _timm_names(state).items()}
 
 
-def load_retfound_checkpoint(model: VisionTransformer, path: str | Path) -> None:
-    """Load RETFound encoder weights into `model`, checking every key and shape."""
+def _from_meta_dinov3(state: dict, model: nn.Module, path: Path) -> dict:
+    """Meta's DINOv3 release under timm's Eva names (timm's filter: storage_tokens -> reg_token,
+    ls1.gamma -> gamma_1, RoPE periods, bias masks and mask_token dropped). Its qkv biases are
+    zero in the distilled ViT-L; timm's vit_large_patch16_dinov3 has none, so a non-zero one
+    would be lost: refused."""
+    if "storage_tokens" not in state:
+        return state
+    biases = [k for k in state if k.endswith("attn.qkv.bias")]
+    if biases and "blocks.0.attn.q_bias" not in model.state_dict():
+        if nonzero := [k for k in biases if state[k].abs().max() > 0]:
+            raise CheckpointError(
+                f"{path}: {nonzero[0]} is not zero, but model.arch {arch_of(model)} has no "
+                "qkv bias (a DINOv3 file of another kind?)"
+            )
+        state = {k: v for k, v in state.items() if k not in biases}
+    return eva.checkpoint_filter_fn(state, model)
+
+
+def _resampled_pos_embed(pos: torch.Tensor, model: nn.Module, path: Path) -> torch.Tensor:
+    """The checkpoint's position embeddings on the model's grid (bicubic, as RETFound), where
+    the arch allows it; one that does not (RETFound-Green) refuses another grid."""
+    prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    grid = list(model.patch_embed.grid_size)
+    if math.isqrt(pos.shape[1] - prefix) ** 2 != pos.shape[1] - prefix:
+        return pos  # no square grid behind this model's prefix: another arch's, named below
+    info = ARCHS.get(arch_of(model) or "")
+    if info is not None and not info.resizable:
+        side = math.isqrt(pos.shape[1] - prefix) * info.patch_size
+        raise CheckpointError(
+            f"{path}: its position grid is for {side} px, but {info.label} takes its released "
+            f"{info.input_size} px weights (model.input_size {grid[0] * info.patch_size}); "
+            "wrong file for model.checkpoint?"
+        )
+    log.info("resampling %s's position embeddings to a %dx%d grid", path, *grid)
+    return resample_abs_pos_embed(
+        pos, new_size=grid, num_prefix_tokens=prefix, interpolation="bicubic"
+    )
+
+
+def _mismatch(state: dict, own: dict, pooling: Pooling, grid: bool = True) -> tuple[list, ...]:
+    """(wrong shapes, missing keys, unexpected keys) of `state` against a model's `own`."""
+    wrong_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape and (grid or k != "pos_embed")
+    ]
+    missing = [k for k in own if k not in state and not k.startswith(pooling.fresh)]
+    unexpected = [k for k in state if k not in own and not k.startswith(pooling.ignored)]
+    return wrong_shape, missing, unexpected
+
+
+def fitting_archs(state: dict[str, torch.Tensor]) -> list[str]:
+    """The archs whose backbone an encoder state dict fits (names and shapes, any grid)."""
+    fits = []
+    for arch, pooling in POOLING.items():
+        with torch.device("meta"):  # names and shapes only
+            own = build_backbone(ModelConfig(arch=arch)).state_dict()
+        head = {k: v for k, v in state.items() if not k.startswith("head.")}
+        if not any(_mismatch(head, own, pooling, grid=False)):
+            fits.append(arch)
+    return fits
+
+
+def load_retfound_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load RETFound encoder weights into `model` (built by build_backbone), checking every key
+    and shape."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(
@@ -114,30 +186,29 @@ def load_retfound_checkpoint(model: VisionTransformer, path: str | Path) -> None
         )
     if not path.is_file():
         raise CheckpointError(f"model.checkpoint: {path} not found")
-    pooling = next(p for p in POOLING.values() if p.global_pool == model.global_pool)
-    state = _read_state_dict(path)
+    arch = arch_of(model)
+    pooling = POOLING.get(arch) or next(
+        p for p in POOLING.values() if p.global_pool == model.global_pool
+    )
+    state = _from_meta_dinov3(_read_state_dict(path), model, path)
     own = model.state_dict()
     # A fine-tuned checkpoint's head belongs to another task: start it fresh, as RETFound does.
     for key in ("head.weight", "head.bias"):
-        if key in state and state[key].shape != own[key].shape:
+        if key in state and key in own and state[key].shape != own[key].shape:
             del state[key]
-    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
-        grid = model.patch_embed.grid_size
-        state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], new_size=list(grid), num_prefix_tokens=1, interpolation="bicubic"
-        )
-    wrong_shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in state and not k.startswith(pooling.fresh)]
-    unexpected = [k for k in state if k not in own and not k.startswith(pooling.ignored)]
+    if (
+        "pos_embed" in state
+        and "pos_embed" in own
+        and state["pos_embed"].shape != own["pos_embed"].shape
+    ):
+        state["pos_embed"] = _resampled_pos_embed(state["pos_embed"], model, path)
+    wrong_shape, missing, unexpected = _mismatch(state, own, pooling)
     if wrong_shape or missing or unexpected:
+        fits = [a for a in fitting_archs(state) if a != arch]
+        hint = f"it fits model.arch {fits[0]}" if fits else "wrong model.arch or wrong file?"
         raise CheckpointError(
-            f"{path} does not fit model.arch; wrong shapes: {wrong_shape[:3]}, "
-            f"missing: {missing[:3]}, unexpected: {unexpected[:3]} "
-            "(wrong model.arch or wrong file?)"
+            f"{path} does not fit model.arch {arch or ''}; wrong shapes: {wrong_shape[:3]}, "
+            f"missing: {missing[:3]}, unexpected: {unexpected[:3]} ({hint})"
         )
     result = model.load_state_dict(state, strict=False)
     nn.init.trunc_normal_(model.head.weight, std=2e-5)  # as the official fine-tuning code

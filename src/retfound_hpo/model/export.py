@@ -3,9 +3,11 @@
     retfound-export models/best_model models/best_model_merged
 
 The export folder holds `model.safetensors`, the state dict of `model.build_backbone(cfg)` (timm's
-VisionTransformer) with the LoRA deltas and the trained head and fc_norm (MAE) or final norm
-(DINOv2) merged in, and the same `model_config.json` as the adapter folder. Unlike the adapter
-it does not need the RETFound checkpoint file, so it is what to hand to another site.
+VisionTransformer, or Eva for DINOv3) with the LoRA deltas and the trained head and fc_norm (MAE)
+or final norm merged in, and the same `model_config.json` as the model folder. Any adaptation
+exports: a full fine-tune's state dict as it is, a linear probe's head on its frozen backbone.
+Unlike the adapter or the head it does not need the RETFound checkpoint file, so it is what to
+hand to another site.
 """
 
 from __future__ import annotations
@@ -14,28 +16,34 @@ import argparse
 import logging
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from peft import PeftModel
 from safetensors.torch import save as safetensors_bytes
-from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from retfound_hpo.core.cli import run_stage
 from retfound_hpo.core.errors import CheckpointError
 from retfound_hpo.core.files import write_bytes_atomic, write_json_atomic
-from retfound_hpo.model.backbones import build_backbone
-from retfound_hpo.model.saved import MODEL_CONFIG_FILE, load_trained_model, read_model_config
+from retfound_hpo.model.saved import (
+    FULL_FILE,
+    MODEL_CONFIG_FILE,
+    load_full_state,
+    load_trained_model,
+    read_model_config,
+)
 
 log = logging.getLogger(__name__)
 
-MERGED_FILE = "model.safetensors"
+MERGED_FILE = FULL_FILE
 
 
 def export_merged(model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Merge the adapter saved in model_dir into its backbone; write out_dir/{model.safetensors,
+    """Merge the model saved in model_dir into its backbone; write out_dir/{model.safetensors,
     model_config.json}; return out_dir."""
     out_dir = Path(out_dir)
     model, config = load_trained_model(model_dir)
-    backbone = model.merge_and_unload()  # W + BA*scale per LoRA layer; head and norms unwrapped
+    backbone = model
+    if isinstance(model, PeftModel):  # W + BA*scale per LoRA layer; head and norms unwrapped
+        backbone = model.merge_and_unload()
     state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
     write_bytes_atomic(out_dir / MERGED_FILE, safetensors_bytes(state))
     write_json_atomic(out_dir / MODEL_CONFIG_FILE, {**config, "merged": True})
@@ -43,27 +51,13 @@ def export_merged(model_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def load_merged(model_dir: str | Path) -> tuple[VisionTransformer, dict]:
-    """A merged export as a plain timm model in eval mode, with its config."""
-    path = Path(model_dir) / MERGED_FILE
+def load_merged(model_dir: str | Path) -> tuple[nn.Module, dict]:
+    """A merged export (or a full fine-tune's folder) as a plain timm model in eval mode, with
+    its config."""
     cfg, config = read_model_config(model_dir)
-    if not path.is_file():
+    if not (Path(model_dir) / MERGED_FILE).is_file():
         raise CheckpointError(f"{model_dir}: no {MERGED_FILE}; export the model again")
-    try:
-        state = load_file(path)
-    except SafetensorError as err:
-        raise CheckpointError(f"{path}: corrupt ({err}); export the model again") from None
-    model = build_backbone(cfg)
-    own = model.state_dict()
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    wrong_shape = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        raise CheckpointError(
-            f"{path} does not fit model.arch {cfg.arch} of its {MODEL_CONFIG_FILE}; missing: "
-            f"{missing[:3]}, unexpected: {unexpected[:3]}, wrong shapes: {wrong_shape[:3]}"
-        )
-    model.load_state_dict(state)
-    return model.eval(), config
+    return load_full_state(model_dir, cfg).eval(), config
 
 
 def main(argv: list[str] | None = None) -> None:

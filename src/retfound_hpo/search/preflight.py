@@ -3,10 +3,11 @@
 Params validation checks every value on its own (core.checks, core.space). What it cannot see is
 how they meet the data, the checkpoint and the machine: grades the model has no output for, a
 checkpoint that does not load, a device that is not there, a LoRA target the architecture
-lacks. So before any trial, the search builds the model as the search space's largest
-configuration would (highest rank, most LoRA targets, largest batch), and runs one training
-step and one validation batch on real prepared images, on the configured device, through the
-same `fit` every trial uses. A mistake stops the stage in one line and records no trial.
+lacks, a checkpoint of another arch. So before any trial, the search builds the model of
+model.adaptation as the search space's largest configuration would (highest rank, most LoRA
+targets, largest batch), and runs one training step and one validation batch on real prepared
+images, on the configured device, through the same `fit` every trial uses. A mistake stops the
+stage in one line and records no trial.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def run_preflight(
     check_grades(model_cfg.num_classes, train, val)
     device = resolve_device(train_cfg.device)  # a device that is not there: ConfigError
     hparams = resolve_hparams(largest_hparams(hpo.search_space), model_cfg, train_cfg)
-    shown = {k: hparams[k] for k in ("lora_r", "lora_targets", "batch_size")}
+    shown = {k: hparams[k] for k in ("lora_r", "lora_targets", "batch_size") if k in hparams}
     n_train = min(len(train), hparams["batch_size"])  # one batch: one optimizer step
     n_val = min(len(val), train_cfg.eval_batch_size)  # one validation batch
     one_step = CachedImages(train.images[:n_train], train.grades[:n_train])

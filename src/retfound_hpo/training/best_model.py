@@ -9,6 +9,7 @@ part in the choice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ class SeedRuns:
 
     results: dict[int, FitResult]  # in the order the seeds were listed
     best_seed: int
+    delivery_bytes: dict[int, int] = dataclasses.field(default_factory=dict)  # model on disk
 
     @property
     def best(self) -> FitResult:
@@ -51,16 +53,30 @@ class SeedRuns:
     def metrics(self) -> dict:
         """The delivered seed's figures (best_epoch, epochs_run, val_*), best_seed, and per seed
         (keyed by seed, for `dvc metrics diff`) the same figures."""
-        per_seed = {str(seed): _summary(result) for seed, result in self.results.items()}
-        return {**_summary(self.best), "best_seed": self.best_seed, "seeds": per_seed}
+        per_seed = {
+            str(seed): _summary(result, self.delivery_bytes.get(seed))
+            for seed, result in self.results.items()
+        }
+        best = _summary(self.best, self.delivery_bytes.get(self.best_seed))
+        return {**best, "best_seed": self.best_seed, "seeds": per_seed}
 
     def history(self) -> pd.DataFrame:
         """The delivered seed's per-epoch history, with its seed."""
         return pd.DataFrame(self.best.history).assign(seed=self.best_seed)
 
 
-def _summary(result: FitResult) -> dict:
+def _summary(result: FitResult, delivery_bytes: int | None = None) -> dict:
+    """Best epoch and its val figures, and what the run cost: trainable parameters, mean
+    seconds per training epoch, peak memory (MB) and the saved model's size on disk."""
+    cost = {
+        "trainable_params": result.trainable_params,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+    }
+    if delivery_bytes is not None:
+        cost["delivery_bytes"] = delivery_bytes
     return {
+        **cost,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         **{f"val_{k}": v for k, v in result.best_metrics.items()},
@@ -84,7 +100,7 @@ def train_best_models(
     seeds = tb.seed_list(seed)
     seeds_dir = Path(tb.seeds_dir)
     staging = _fresh(seeds_dir.with_name(seeds_dir.name + ".tmp"))
-    results = {}
+    results, delivery = {}, {}
     for i, run_seed in enumerate(seeds, start=1):
         log.info(
             "seed %d (%d of %d): training best hyperparameters %s for up to %d epochs",
@@ -102,6 +118,7 @@ def train_best_models(
             val=val,
         )
         save_trained_model(model, staging / str(run_seed), model_cfg, hparams)
+        delivery[run_seed] = sum(f.stat().st_size for f in (staging / str(run_seed)).iterdir())
         del model  # one model in memory at a time
 
     def score(of_seed: int) -> float:
@@ -116,7 +133,7 @@ def train_best_models(
     shutil.copytree(seeds_dir / str(best_seed), delivered)
     _swap_in(delivered, Path(tb.output_dir))
     log.info("delivered seed %d's model as %s", best_seed, tb.output_dir)
-    return SeedRuns(results, best_seed)
+    return SeedRuns(results, best_seed, delivery)
 
 
 def _fresh(folder: Path) -> Path:

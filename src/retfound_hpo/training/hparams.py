@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft import PeftModel
+from torch import nn
 
 from retfound_hpo.core.params import ModelConfig, TrainConfig
+from retfound_hpo.core.space_sections import EXCLUDED
 from retfound_hpo.model.adapters import build_model
 from retfound_hpo.training.inputs import CachedImages
 from retfound_hpo.training.loop import EpochCallback, FitResult, fit
@@ -25,7 +26,8 @@ DEFAULT_HPARAMS = {
 def resolve_hparams(
     drawn: dict[str, Any], model: ModelConfig, train: TrainConfig
 ) -> dict[str, Any]:
-    """Every hyperparameter a run needs: drawn values over the model.* and train.* defaults."""
+    """Every hyperparameter a run of model.adaptation needs: drawn values over the model.* and
+    train.* defaults (no LoRA values without LoRA)."""
     t, m = train, model
     defaults = {
         **DEFAULT_HPARAMS,
@@ -36,7 +38,8 @@ def resolve_hparams(
         "lora_dropout": m.lora_dropout,
         "lora_targets": ",".join(m.lora_targets),
     }
-    return {**defaults, **drawn}
+    excluded = EXCLUDED[m.adaptation]
+    return {k: v for k, v in {**defaults, **drawn}.items() if k not in excluded}
 
 
 def train_with_hparams(
@@ -52,20 +55,21 @@ def train_with_hparams(
     val: CachedImages,
     on_epoch_end: EpochCallback | None = None,
     progress: FitResult | None = None,
-) -> tuple[PeftModel, FitResult]:
+) -> tuple[nn.Module, FitResult]:
     """Build the model for `hparams` and run the shared training loop; returns (model, result).
 
     Early stopping and the kept epoch follow val `metric`; `progress`, if given, is filled as
     epochs finish (see fit)."""
     torch.manual_seed(seed)  # LoRA and head initialisation come from the seed too
-    model = build_model(
-        model_cfg,
-        hparams["lora_r"],
-        hparams["lora_alpha"],
-        hparams["dropout"],
-        lora_dropout=hparams["lora_dropout"],
-        lora_targets=hparams["lora_targets"].split(","),
-    )
+    lora = {}
+    if model_cfg.adaptation == "lora":
+        lora = dict(
+            lora_r=hparams["lora_r"],
+            lora_alpha=hparams["lora_alpha"],
+            lora_dropout=hparams["lora_dropout"],
+            lora_targets=hparams["lora_targets"].split(","),
+        )
+    model = build_model(model_cfg, dropout=hparams["dropout"], **lora)
     result = fit(
         model,
         train,
@@ -81,7 +85,7 @@ def train_with_hparams(
         num_classes=model_cfg.num_classes,
         warmup_epochs=hparams["warmup_epochs"],
         label_smoothing=hparams["label_smoothing"],
-        layer_decay=hparams["layer_decay"],
+        layer_decay=hparams.get("layer_decay", 1.0),  # none for a linear probe: only the head
         on_epoch_end=on_epoch_end,
         result=progress,
     )

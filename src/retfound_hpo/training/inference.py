@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from retfound_hpo.training.device import autocast, autocast_dtype
-from retfound_hpo.training.inputs import CachedImages, Normalizer
+from retfound_hpo.training.inputs import CachedImages, normalizer_for
 
 
 @torch.no_grad()
@@ -21,10 +21,11 @@ def predict_proba(
     amp: str = "auto",
     desc: str = "predict",
 ) -> np.ndarray:
-    """Class probabilities (N, C) for prepared images (N, S, S, 3) uint8."""
+    """Class probabilities (N, C) for prepared images (N, S, S, 3) uint8, normalised as the
+    model's backbone expects."""
     device = device or next(model.parameters()).device
     dtype = autocast_dtype(amp, device)
-    normalize = Normalizer().to(device)
+    normalize = normalizer_for(model).to(device)
     model.eval()
     loader = DataLoader(CachedImages(images, np.zeros(len(images))), batch_size=batch_size)
     out = []

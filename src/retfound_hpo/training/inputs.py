@@ -10,6 +10,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision import transforms
 
 from retfound_hpo.core.params import TrainConfig
 from retfound_hpo.data.prepared import load_prepared
@@ -40,15 +41,36 @@ def load_cached(folder: str | Path) -> CachedImages:
 
 
 class Normalizer(nn.Module):
-    """uint8 (B, 3, S, S) on any device -> ImageNet-normalised float."""
+    """uint8 (B, 3, S, S) on any device -> float normalised by mean and std (0-1 scale; default
+    ImageNet's)."""
 
-    def __init__(self):
+    def __init__(self, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1) * 255)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
+
+
+def normalizer_for(model: nn.Module) -> Normalizer:
+    """The normalisation of the backbone's weights, from its timm `pretrained_cfg` (set by
+    model.build_backbone from the arch or model.normalization); ImageNet's otherwise."""
+    for module in model.modules():  # a PEFT wrapper holds the backbone
+        cfg = module.__dict__.get("pretrained_cfg")
+        if isinstance(cfg, dict) and "mean" in cfg and "std" in cfg:
+            return Normalizer(cfg["mean"], cfg["std"])
+    return Normalizer()
+
+
+def random_erase(x: torch.Tensor, probability: float) -> torch.Tensor:
+    """RETFound's random erasing (timm's mode "pixel"): per image, with `probability`, a
+    rectangle of 2-33 % of the area, aspect 0.3-3.3, replaced by normal noise, on a normalised
+    batch (B, 3, S, S); drawn from torch's generator (seeded by the training loop)."""
+    if probability <= 0:
+        return x
+    erase = transforms.RandomErasing(p=probability, value="random")
+    return torch.stack([erase(image) for image in x])
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -9,6 +9,10 @@ import torch
 from torch import nn
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+# The embeddings (layer 0; register tokens too, as timm groups them) and the tokens timm's ViTs
+# name in no_weight_decay(): never weight-decayed, as in RETFound's param_groups_lrd.
+EMBEDDINGS = ("patch_embed", "pos_embed", "cls_token", "reg_token")
+NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "reg_token", "dist_token")
 
 
 def layer_id(name: str, num_blocks: int) -> int:
@@ -16,7 +20,7 @@ def layer_id(name: str, num_blocks: int) -> int:
     match = _BLOCK.search(name)
     if match:
         return int(match.group(1)) + 1
-    if any(part in name for part in ("patch_embed", "pos_embed", "cls_token")):
+    if any(part in name for part in EMBEDDINGS):
         return 0
     return num_blocks + 1
 
@@ -31,14 +35,15 @@ def build_optimizer(
     """AdamW over trainable parameters; with layer_decay < 1, earlier blocks learn more slowly.
 
     As in RETFound's fine-tuning: block i gets lr * layer_decay ** (num_blocks + 1 - (i + 1)).
-    Biases and norm weights (1-d tensors) get no weight decay.
+    Biases, norm weights and layer scales (1-d tensors) and the position embeddings and tokens
+    get no weight decay.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     num_blocks = 1 + max((int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))), default=-1)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in named:
         layer = layer_id(name, num_blocks)
-        decay = param.ndim > 1
+        decay = param.ndim > 1 and name.rsplit(".", 1)[-1] not in NO_WEIGHT_DECAY
         group = groups.setdefault(
             (layer, decay),
             {
