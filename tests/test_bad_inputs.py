@@ -435,10 +435,63 @@ CASES = [
         "grade 4 has 2 patient(s)",
     ),
     Case(
+        "one_grade_only",
+        "prepare_split",
+        aptos_rows([(name, 0) for name, _ in ROW]),
+        "grade 1 has 0 patient(s) (per grade: 0: 40, 1: 0",
+    ),
+    Case(
+        "fractions_leave_no_train",
+        "prepare_split",
+        edit_params(data__val_fraction=0.49, data__test_fraction=0.49),
+        "needs at least 50 per grade",
+    ),
+    Case(
         "csv_format_without_columns",
         "prepare_split",
         edit_params(data__format="csv"),
         "data.id_column",
+    ),
+    # the search's storage and launcher
+    Case(
+        "study_db_not_a_database",
+        "hpo_search",
+        write_text("results/optuna/s/study.db", "not a database\n"),
+        "results/optuna/s/study.db",
+    ),
+    Case(
+        "output_dir_is_a_file",
+        "hpo_search",
+        write_text("results/optuna", "a file where the folder goes\n"),
+        "hpo.output_dir",
+    ),
+    Case(
+        "postgres_refused_password_hidden",
+        "hpo_search",
+        edit_params(hpo__storage="postgresql://me:s3cret@127.0.0.1:9/db"),
+        "postgresql://me:***@127.0.0.1:9/db",
+    ),
+    Case(
+        "slurm_on_sqlite",
+        "hpo_search",
+        edit_params(hpo__launcher="slurm"),
+        "hpo.storage: None is not allowed; with hpo.launcher slurm",
+    ),
+    # adaptations
+    Case(
+        "lora_key_with_full_fine_tuning",
+        "hpo_search",
+        edit_params(
+            model__adaptation="full",
+            hpo__search_space={"full": {"lora_r": {"type": "categorical", "choices": [4]}}},
+        ),
+        "hpo.search_space.full.lora_r: 'lora_r' is not allowed",
+    ),
+    Case(
+        "keep_adapters_with_linear_probe",
+        "hpo_search",
+        edit_params(model__adaptation="linear_probe", hpo__keep_adapters=True),
+        "hpo.keep_adapters: True is not allowed",
     ),
     # checkpoints
     Case(
@@ -528,6 +581,34 @@ CASES = [
         write_text("list.csv", "id\nx\n"),
         "list.csv: needs a 'path' column",
         argv=("models/best_model", "list.csv", "out.csv"),
+    ),
+    Case(
+        "predict_over_an_existing_file",
+        "retfound-predict",
+        write_text("out.csv", "an earlier run's grades\n"),
+        "out.csv: already exists",
+        argv=("models/best_model", "data/raw/aptos/train_images", "out.csv"),
+    ),
+    Case(
+        "predict_into_a_folder",
+        "retfound-predict",
+        nothing,
+        "models: a folder; name the CSV file",
+        argv=("models/best_model", "data/raw/aptos/train_images", "models"),
+    ),
+    Case(
+        "worker_params_is_a_folder",
+        "retfound-worker",
+        nothing,
+        "--params data: is a folder",
+        argv=("--params", "data"),
+    ),
+    Case(
+        "worker_for_a_study_never_started",
+        "retfound-worker",
+        nothing,
+        "hpo.study_name: no study",
+        argv=("--params", "params.yaml"),
     ),
     Case(
         "compare_unknown_variant",

@@ -136,6 +136,16 @@ def test_messidor_extension_case_differs_from_disk(tmp_path):
     assert table["path"].iloc[0].endswith("IMAGES/IM002385.JPG")
 
 
+def test_name_in_another_unicode_form_finds_the_file(tmp_path):
+    # The labels were typed on macOS (NFD: e + combining accent), the files listed on Linux (NFC).
+    image(tmp_path / "train_images" / "r\u00e9tine_01.png")
+    nfd = "re\u0301tine_01"
+    (tmp_path / "train.csv").write_text(f"id_code,diagnosis\n{nfd},1\n", encoding="utf-8")
+    table = read_dataset("aptos", tmp_path / "train.csv", tmp_path / "train_images")
+    assert table["path"].iloc[0].endswith("train_images/r\u00e9tine_01.png")
+    assert table["id"].iloc[0] == nfd  # the id stays as the labels file spells it
+
+
 def test_idrid_native_layout(tmp_path):
     images = tmp_path / "B. Disease Grading" / "1. Original Images" / "a. Training Set"
     labels = tmp_path / "B. Disease Grading" / "2. Groundtruths"

@@ -77,7 +77,7 @@ def test_too_rare_grade_names_the_labels_file():
     t = table(80, eyes=1)
     t.loc[t["grade"] == 4, "grade"] = 3
     t.loc[0, "grade"] = 4
-    with pytest.raises(DatasetError, match=r"^labels.csv: grade 4 has 1 .*1 grade\(s\) too rare"):
+    with pytest.raises(DatasetError, match=r"^labels.csv: grade 4 has 1 .*1 grade\(s\) short"):
         split_dataset(t, 0.15, 0.15, seed=0, source="labels.csv")
 
 
@@ -100,3 +100,22 @@ def test_too_rare_grade_counts_units_not_patients():
     split_dataset(t, 0.15, 0.15, seed=0)  # 10 patients are enough
     with pytest.raises(DatasetError, match="grade 4 has 5 patient"):
         split_dataset(t, 0.15, 0.15, seed=0, units=units)
+
+
+def test_a_grade_missing_from_the_data_is_refused_with_the_counts():
+    t = table(80, eyes=1)
+    t.loc[t["grade"] == 4, "grade"] = 3  # no grade 4 at all
+    with pytest.raises(
+        DatasetError, match=r"^l.csv: grade 4 has 0 patient\(s\) \(per grade: 0: 30"
+    ):
+        split_dataset(t, 0.15, 0.15, seed=0, source="l.csv", num_classes=5)
+    one = t.assign(grade=0)  # a single grade: it would train and report 100 % accuracy
+    with pytest.raises(DatasetError, match=r"grade 1 has 0 .*4 grade\(s\) short"):
+        split_dataset(one, 0.15, 0.15, seed=0, num_classes=5)
+    assert set(split_dataset(t, 0.15, 0.15, seed=0, num_classes=4)["val"]["grade"]) == {0, 1, 2, 3}
+
+
+def test_fractions_that_leave_almost_no_train_split_are_refused():
+    # 0.49 + 0.49 leaves train 2 %: every grade would need 50 patients to reach it.
+    with pytest.raises(DatasetError, match=r"train \(0.02\).*needs at least 50 per grade"):
+        split_dataset(table(), 0.49, 0.49, seed=0)

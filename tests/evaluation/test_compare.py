@@ -339,7 +339,7 @@ def test_predictions_are_kept_in_git():
     not compare HEAD with an experiment)."""
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate-cross-dataset"]
     outs = {next(iter(o)): o[next(iter(o))] for o in stage["outs"] if isinstance(o, dict)}
-    assert outs["results/eval/datasets"]["cache"] is False
+    assert outs["${evaluate.output_dir}/datasets"]["cache"] is False
     ignored = subprocess.run(
         ["git", "check-ignore", "-q", "results/eval/datasets/val/predictions.csv"], cwd=REPO
     )

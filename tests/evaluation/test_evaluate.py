@@ -317,7 +317,7 @@ def test_evaluate_params(tmp_path, mae_checkpoint):
         tiny_params(tmp_path, mae_checkpoint, hpo={"metric": "retfound"}).hpo.metric == "retfound"
     )
     dataset = {"format": "aptos", "csv": "x.csv", "images": "x"}
-    with pytest.raises(ConfigError, match=r"evaluate.datasets: \['val'\] is not allowed"):
+    with pytest.raises(ConfigError, match=r"evaluate.datasets\[0\].name: 'val' is not allowed"):
         tiny_params(tmp_path, mae_checkpoint, evaluate={"datasets": [{"name": "val", **dataset}]})
 
 

@@ -69,7 +69,8 @@ def test_predict_matches_evaluate(tmp_path, model_dir, new_images):
     out = tmp_path / "predictions.csv"
     predict_main([str(model_dir), str(new_images), str(out), "--batch-size", "3"])
     predicted = pd.read_csv(out)
-    assert list(predicted.columns) == ["id", "path", "pred_grade", *PROBS]
+    assert list(predicted.columns) == ["id", "path", "pred_grade", *PROBS, "ungradable", "reason"]
+    assert not predicted["ungradable"].any()
     assert len(predicted) == 8 and predicted[PROBS].sum(axis=1).round(4).eq(1).all()
 
     # evaluate-cross-dataset on the same images, prepared as prepare-split prepares them
@@ -112,6 +113,40 @@ def test_unreadable_image_is_one_line_error(tmp_path, model_dir, new_images):
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: {folder / 'b_broken.png'}: cannot read image")
     assert not out.exists()  # nothing half-written
+
+
+def test_what_cannot_be_a_photograph_is_flagged_ungradable_not_graded(
+    tmp_path, model_dir, new_images
+):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sorted(new_images.glob("*.png"))[:2]:
+        shutil.copy(p, folder / p.name)
+    Image.new("RGB", (400, 400), (255, 255, 255)).save(folder / "white.png")
+    Image.new("RGB", (4000, 10), (120, 60, 30)).save(folder / "strip.png")
+    out = tmp_path / "out.csv"
+    predict_main([str(model_dir), str(folder), str(out)])
+    table = pd.read_csv(out, keep_default_na=False).set_index("id")
+    flagged = table[table["ungradable"]]
+    assert sorted(flagged.index) == ["strip", "white"]
+    assert (flagged["pred_grade"] == "").all() and (flagged[PROBS] == "").all().all()
+    assert "pure white" in flagged.loc["white", "reason"]
+    assert "an aspect ratio of 400.0:1" in flagged.loc["strip", "reason"]
+    graded = table[~table["ungradable"]]
+    assert len(graded) == 2 and graded["pred_grade"].astype(int).between(0, 4).all()
+
+
+def test_an_existing_output_is_refused_before_any_work(tmp_path, new_images, capsys):
+    out = tmp_path / "out.csv"
+    out.write_text("keep me\n")
+    with pytest.raises(SystemExit) as stop:  # the model folder is not even opened
+        predict_main([str(tmp_path / "no_model"), str(new_images), str(out)])
+    assert stop.value.code == 2
+    assert f"{out}: already exists" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"
+    with pytest.raises(SystemExit):
+        predict_main([str(tmp_path / "no_model"), str(new_images), str(tmp_path)])
+    assert "a folder; name the CSV file" in capsys.readouterr().err
 
 
 def test_bad_model_dir_and_input_are_one_line_errors(tmp_path, model_dir, new_images, capsys):

@@ -89,6 +89,14 @@ def test_a_clearly_worse_trial_is_pruned_and_its_curve_kept(tmp_path, mae_checkp
 
 
 @pytest.mark.usefixtures("scripted_fit")
+def test_pruning_waits_for_enough_earlier_curves_at_an_epoch(tmp_path, mae_checkpoint, data):
+    # Three earlier curves; the median pruner asked for four at an epoch before it prunes there.
+    params = pruning_params(tmp_path, mae_checkpoint, pruner_min_trials=4)
+    study, _ = run_search(params, *data)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+@pytest.mark.usefixtures("scripted_fit")
 def test_the_pruner_ranks_trials_by_what_prune_on_names(tmp_path, mae_checkpoint, data):
     study, _ = run_search(pruning_params(tmp_path, mae_checkpoint, prune_on="loss"), *data)
     first = study.trials[0]

@@ -12,7 +12,15 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import REPO, easy_images, fingerprint_of, tiny_params, write_outputs, write_prepared
+from conftest import (
+    REPO,
+    easy_images,
+    fingerprint_of,
+    follow_captured_stderr,
+    tiny_params,
+    write_outputs,
+    write_prepared,
+)
 from retfound_hpo.core.errors import ConfigError, UserError
 from retfound_hpo.search.budget import counted_trials
 from retfound_hpo.search.liveness import fail_dead_trials
@@ -221,6 +229,7 @@ def stage_project(tmp_path, checkpoint, **hpo) -> Path:
 
 def run_stage_here(capsys) -> tuple[int, str]:
     """stages/hpo_search.py as DVC runs it, in this process: (exit code, stderr)."""
+    follow_captured_stderr()
     try:
         runpy.run_path(str(REPO / "stages/hpo_search.py"), run_name="__main__")
         code = 0

@@ -134,6 +134,7 @@ class HpoConfig:
     prune_on: str = "objective"
     pruner_startup_trials: int = 3  # median: trials finished before any pruning
     pruner_warmup_epochs: int = 2  # median: epochs a trial always gets
+    pruner_min_trials: int = 1  # median: earlier trials reported at an epoch before it prunes there
     pruner_min_epochs: int = 1  # hyperband / successive halving: the smallest budget
     pruner_reduction_factor: int = 3  # hyperband / successive halving
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -32,8 +32,12 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; raise ConfigError naming the first bad key."""
+def load_params(
+    path: str | Path = "params.yaml", root: str | Path | None = None, check_folders: bool = True
+) -> Params:
+    """Read and validate params.yaml; raise ConfigError naming the first bad key. `root` is the
+    project folder its paths are relative to (default: the file's folder); `check_folders`
+    False skips core.paths' checks, for a copy of params that a stage already checked."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: a folder; give the params file (params.yaml) in it")
@@ -52,7 +56,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     space = normalize_search_space(params.hpo.search_space)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))
     check_values(params)
-    check_paths(params, path.resolve().parent)
+    if check_folders:
+        check_paths(params, path.resolve().parent if root is None else root)
     # From here on the search space is model.adaptation's section.
     space = active_space(space, params.model.adaptation)
     params = dataclasses.replace(params, hpo=dataclasses.replace(params.hpo, search_space=space))

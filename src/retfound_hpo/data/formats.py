@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import re
 import string
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,14 @@ def parse_flags(values: pd.Series) -> pd.Series:
     return values.str.lower().map(FLAGS)
 
 
+def _same_name(name: str) -> str:
+    """A file name as the user means it: letter case and Unicode form (NFC/NFD) ignored."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _match_case(paths: pd.Series) -> pd.Series:
-    """Point paths that miss only by letter case at the file on disk (IM002385.jpg vs .JPG)."""
+    """Point paths that miss only by letter case (IM002385.jpg vs .JPG) or Unicode form (an
+    accented name typed on macOS, NFD, and listed on Linux, NFC) at the file on disk."""
     listings: dict[Path, dict[str, str]] = {}
 
     def resolve(p: str) -> str:
@@ -119,8 +126,8 @@ def _match_case(paths: pd.Series) -> pd.Series:
         if path.is_file() or not path.parent.is_dir():
             return p
         if path.parent not in listings:
-            listings[path.parent] = {f.name.lower(): f.name for f in path.parent.iterdir()}
-        name = listings[path.parent].get(path.name.lower())
+            listings[path.parent] = {_same_name(f.name): f.name for f in path.parent.iterdir()}
+        name = listings[path.parent].get(_same_name(path.name))
         return str(path.with_name(name)) if name else p
 
     return paths.map(resolve)

@@ -135,7 +135,7 @@ def prepare_split(
     # Patients and exams can only be merged further by duplicates: check the split is possible.
     units = resampling_units(table)
     strata = table["grade"].groupby(units).max()
-    check_stratifiable(strata, data.val_fraction, data.test_fraction, data.csv)
+    check_stratifiable(strata, data.val_fraction, data.test_fraction, data.csv, num_classes)
 
     # The training data is decoded once, into a pool that the duplicate hash reads and the split
     # caches are cut from. A split CSV is written after its cache (skipped images leave both).
@@ -153,7 +153,7 @@ def prepare_split(
             table = drop_conflicting(table, records)
         table = with_units(table, records)  # patients, exams and duplicates merged
         splits = split_dataset(
-            table, data.val_fraction, data.test_fraction, seed, data.csv, table["unit"]
+            table, data.val_fraction, data.test_fraction, seed, data.csv, table["unit"], num_classes
         )
         split_hashes = {}
         for name, part in splits.items():

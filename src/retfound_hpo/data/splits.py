@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -15,19 +16,40 @@ SPLITS = ("train", "val", "test")
 
 
 def check_stratifiable(
-    strata: pd.Series, val_fraction: float, test_fraction: float, source: str | None = None
+    strata: pd.Series,
+    val_fraction: float,
+    test_fraction: float,
+    source: str | None = None,
+    num_classes: int | None = None,
 ) -> None:
-    """Stop unless every grade has enough split units (`strata`: each unit's grade) to reach
-    every split."""
+    """Stop unless every grade of the task has enough split units (`strata`: each unit's grade)
+    to reach train, val and test.
+
+    A split without a grade trains a model that never sees it, and a metric over one grade is
+    meaningless (100 % accuracy, NaN kappa), so a missing grade is refused like a rare one.
+    """
     counts = strata.value_counts()
-    needed = max(2, round(1 / min(val_fraction, test_fraction)))
+    if num_classes is not None:
+        counts = counts.reindex(range(num_classes), fill_value=0)
+    # The smallest share decides: 0.49 + 0.49 leaves train 2 %, so 50 patients per grade.
+    smallest = min(val_fraction, test_fraction, 1 - val_fraction - test_fraction)
+    needed = max(2, math.ceil(1 / smallest - 1e-9)) if smallest > 0 else None
+    where = f"{source}: " if source else ""
+    if needed is None:
+        raise DatasetError(
+            f"{where}data.val_fraction {val_fraction} + data.test_fraction {test_fraction} "
+            "leave no training split; keep their sum below 1"
+        )
     rare = counts[counts < needed]
     if not rare.empty:
-        where = f"{source}: " if source else ""
+        have = ", ".join(f"{int(g)}: {int(n)}" for g, n in counts.sort_index().items())
         raise DatasetError(
-            f"{where}grade {int(rare.index[0])} has {int(rare.iloc[0])} patient(s); stratified "
-            f"splitting needs at least {needed} per grade; {len(rare)} grade(s) too rare "
-            "(lower data.val_fraction / data.test_fraction or add data)"
+            f"{where}grade {int(rare.index[0])} has {int(rare.iloc[0])} patient(s) (per grade: "
+            f"{have}); splitting into train ({1 - val_fraction - test_fraction:.2f}), val "
+            f"({val_fraction}) and test ({test_fraction}) needs at least {needed} per grade; "
+            f"{len(rare)} grade(s) short (add data, change the fractions"
+            + (", or set model.num_classes" if num_classes is not None else "")
+            + ")"
         )
 
 
@@ -38,6 +60,7 @@ def split_dataset(
     seed: int,
     source: str | None = None,
     units: pd.Series | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Split images so that each patient lands in exactly one split, stratified by grade.
 
@@ -49,7 +72,7 @@ def split_dataset(
     """
     units = table["patient"] if units is None else units
     strata = table["grade"].groupby(units).max()  # (units,)
-    check_stratifiable(strata, val_fraction, test_fraction, source)
+    check_stratifiable(strata, val_fraction, test_fraction, source, num_classes)
     rest, test = train_test_split(
         strata.index, test_size=test_fraction, stratify=strata.values, random_state=seed
     )

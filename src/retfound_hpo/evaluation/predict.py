@@ -9,7 +9,9 @@ CSV with a `path` column (relative paths are read from the current directory) an
 resize to the model's input size, its backbone's normalisation), so grades match what
 evaluate-cross-dataset reports. The model is a folder written by train-best (a PEFT adapter, a
 full state dict or a head, as model.adaptation delivers) or by `retfound-export` (merged).
-The output CSV has id, path, pred_grade and one probability column per grade.
+The output CSV has id, path, pred_grade, one probability column per grade, and `ungradable`
+with its reason: an image that cannot be a fundus photograph (too small, a strip, blank, no
+retina found) gets no grade rather than a made-up one. An existing output is never replaced.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from retfound_hpo.core.cli import run_stage
 from retfound_hpo.core.errors import CheckpointError, DatasetError
 from retfound_hpo.core.files import write_text_atomic
-from retfound_hpo.data.preprocess import preprocess_image
+from retfound_hpo.data.preprocess import NoRetinaError, preprocess_image
 from retfound_hpo.model.saved import WHAT, delivery_files, load_trained_model, read_model_config
 from retfound_hpo.training.device import resolve_device
 from retfound_hpo.training.inference import predict_proba
@@ -85,9 +87,12 @@ def load_model(model_dir: str | Path) -> tuple[nn.Module, dict]:
     return load_trained_model(model_dir)
 
 
-def _preprocess(path: str, size: int) -> np.ndarray:
+def _preprocess(path: str, size: int) -> np.ndarray | str:
+    """The model's input for one image, or why it cannot be graded (not a fundus photograph)."""
     try:
         return preprocess_image(path, size)
+    except NoRetinaError as err:
+        return str(err)
     except Exception as err:  # PIL raises OSError, ValueError, DecompressionBombError, ...
         raise UnreadableImageError(f"{path}: cannot read image ({err})") from None
 
@@ -100,23 +105,51 @@ def grade_images(
     device: str = "auto",
     amp: str = "auto",
 ) -> pd.DataFrame:
-    """Preprocess and grade every image of `table` (id, path): id, path, pred_grade, prob_*."""
+    """Preprocess and grade every image of `table` (id, path): id, path, pred_grade, prob_*,
+    ungradable, reason (an ungradable image has no grade and no probabilities)."""
     model.to(resolve_device(device))
     paths = table["path"].tolist()
-    probs = []
+    probs, reasons = [], []
     bar = tqdm(total=len(paths), desc="grade", unit="img", disable=None)
     # Threads: PIL decodes and resizes without holding the GIL, and nothing is pickled.
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool, bar:
         for start in range(0, len(paths), CHUNK_IMAGES):
             chunk = paths[start : start + CHUNK_IMAGES]
-            images = np.stack(list(pool.map(_preprocess, chunk, [input_size] * len(chunk))))
-            probs.append(predict_proba(model, images, batch_size, amp=amp, desc="batches"))
+            done = list(pool.map(_preprocess, chunk, [input_size] * len(chunk)))
+            reasons += [d if isinstance(d, str) else "" for d in done]
+            images = [d for d in done if not isinstance(d, str)]
+            if images:
+                probs.append(
+                    predict_proba(model, np.stack(images), batch_size, amp=amp, desc="batches")
+                )
             bar.update(len(chunk))
-    probs = np.concatenate(probs)
-    out = pd.DataFrame({"id": table["id"], "path": paths, "pred_grade": probs.argmax(axis=1)})
-    for c in range(probs.shape[1]):
-        out[f"prob_{c}"] = probs[:, c].round(6)  # as evaluate's predictions.csv
+    gradable = np.array([not r for r in reasons], dtype=bool)  # (N,)
+    graded = np.concatenate(probs) if probs else None  # (N gradable, C)
+    num_classes = graded.shape[1] if probs else model_classes(model)
+    full = np.full((len(paths), num_classes), np.nan)  # (N, C), NaN where ungradable
+    if probs:
+        full[gradable] = graded
+    grade = pd.Series(full.argmax(axis=1), dtype="Int64").where(gradable)
+    out = pd.DataFrame({"id": table["id"].to_numpy(), "path": paths, "pred_grade": grade})
+    for c in range(num_classes):
+        out[f"prob_{c}"] = full[:, c].round(6)  # as evaluate's predictions.csv
+    out["ungradable"] = ~gradable
+    out["reason"] = reasons
     return out
+
+
+def model_classes(model: nn.Module) -> int:
+    """Output classes of a timm classifier, a PEFT wrapper around one, or a merged export."""
+    return int(model.get_classifier().out_features)
+
+
+def check_output(output: str | Path) -> None:
+    """Stop before any work when the output would replace a file (its folder is made)."""
+    output = Path(output)
+    if output.is_dir():
+        raise DatasetError(f"{output}: a folder; name the CSV file to write, e.g. {output}/out.csv")
+    if output.exists():
+        raise DatasetError(f"{output}: already exists; predictions never replace a file")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch-size: {args.batch_size} is not allowed; must be >= 1")
 
     def run() -> None:
+        check_output(args.output)
         table = list_images(args.input)
         model, config = load_model(args.model_dir)
         size = config["model"]["input_size"]
@@ -142,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         write_text_atomic(args.output, result.to_csv(index=False))
         counts = result["pred_grade"].value_counts().sort_index().to_dict()
         log.info("wrote %s; images per predicted grade: %s", args.output, counts)
+        for _, row in result[result["ungradable"]].iterrows():
+            log.warning("%s: ungradable, no grade given (%s)", row["path"], row["reason"])
 
     run_stage(run)  # offline defaults, logging, and one line + exit code 2 for bad input
 

@@ -56,6 +56,9 @@ def make_pruner(hpo: HpoConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=hpo.pruner_min_epochs, reduction_factor=hpo.pruner_reduction_factor
         )
+    # n_min_trials: with one earlier curve at an epoch, "the median" is that one curve.
     return optuna.pruners.MedianPruner(
-        n_startup_trials=hpo.pruner_startup_trials, n_warmup_steps=hpo.pruner_warmup_epochs
+        n_startup_trials=hpo.pruner_startup_trials,
+        n_warmup_steps=hpo.pruner_warmup_epochs,
+        n_min_trials=hpo.pruner_min_trials,
     )
