@@ -131,9 +131,7 @@ def check_values(p: Params) -> None:
         h.early_stopping_patience,
         "must be >= 1",
     )
-    _require(
-        h.pruner_min_trials >= 1, "hpo.pruner_min_trials", h.pruner_min_trials, "must be >= 1"
-    )
+    _require(h.pruner_min_trials >= 1, "hpo.pruner_min_trials", h.pruner_min_trials, "must be >= 1")
     for key in ("sampler_startup_trials", "pruner_startup_trials", "pruner_warmup_epochs"):
         _require(getattr(h, key) >= 0, f"hpo.{key}", getattr(h, key), "must be >= 0")
     _require(h.pruner_min_epochs >= 1, "hpo.pruner_min_epochs", h.pruner_min_epochs, "must be >= 1")
