@@ -239,10 +239,10 @@ def _work(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--params {args.params}: {what}; give the params.yaml file the search was started with"
         )
-    # Paths in it are relative to where the search runs; a spawned worker (or array task) reads
-    # the copy its stage checked, from the study's folder.
+    # A spawned worker (or array task) reads the copy of params that its stage checked, from
+    # the study's folder: its folders were checked against the project, not that folder.
     launched = args.spawned or args.status_dir is not None
-    params = load_params(args.params, root=Path.cwd(), check_folders=not launched)
+    params = load_params(args.params, check_folders=not launched)
     prepared = Path(params.data.prepared_dir)
     train, val = load_cached(prepared / "train"), load_cached(prepared / "val")  # never test
     fingerprint = study_fingerprint(params.model, params.train, params.hpo, params.seed, train, val)
