@@ -10,13 +10,32 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Under pytest-xdist the cores are shared by the workers: each (and what it starts) gets its
+# share of threads, set before torch is imported.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
-torch.set_num_threads(2)
+torch.set_num_threads(_THREADS)
+
+# Tests that share a session fixture run in one xdist worker, so it is built once.
+SHARED = {"demo_pipeline": "pipeline", "postgres_url": "postgres", "slurm_cluster": "slurm"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, group in SHARED.items():
+            if fixture in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
 
 REPO = Path(__file__).resolve().parents[1]
 

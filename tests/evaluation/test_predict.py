@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import REPO, follow_captured_stderr
 from retfound_hpo.core.errors import CheckpointError
 from retfound_hpo.core.params import ModelConfig
 from retfound_hpo.data.demo.render import CAMERA_A, CAMERA_B, render_fundus
@@ -23,7 +24,6 @@ from retfound_hpo.model.backbones import CLASS_TOKEN, POOLING
 from retfound_hpo.model.export import MERGED_FILE, export_merged, load_merged
 from retfound_hpo.model.saved import load_trained_model, save_trained_model
 
-REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO / "models/demo_backbone/checkpoint.pth"
 PROBS = [f"prob_{c}" for c in range(5)]
 
@@ -243,7 +243,7 @@ def copy_model(model_dir: Path, to: Path, drop: tuple[str, ...] = ()) -> Path:
 
 
 @pytest.mark.parametrize("case", ["no_weights", "corrupt_config", "empty_csv", "html_checkpoint"])
-def test_broken_model_folder_or_input_is_one_line(tmp_path, model_dir, new_images, case):
+def test_broken_model_folder_or_input_is_one_line(tmp_path, model_dir, new_images, case, capsys):
     model, images = tmp_path / "model", new_images
     if case == "no_weights":
         copy_model(model_dir, model, drop=("adapter_*",))
@@ -269,10 +269,13 @@ def test_broken_model_folder_or_input_is_one_line(tmp_path, model_dir, new_image
         (model / "model_config.json").write_text(json.dumps(config))
         message = f"{page}: an HTML page, not a checkpoint"
     out = tmp_path / "out" / "predictions.csv"
-    proc = run_predict(model, images, out)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    capsys.readouterr()
+    follow_captured_stderr()
+    with pytest.raises(SystemExit) as stop:  # in process: test_unreadable_image runs a real one
+        predict_main([str(model), str(images), str(out)])
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert lines[0].startswith(f"error: {message}"), lines[0]
     assert not out.parent.exists()  # nothing written, not even a temporary file
 

@@ -1,21 +1,16 @@
 """Mistakes that would fail every trial stop the search before the first one, and cost nothing."""
 
 import logging
-import subprocess
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import yaml
 
-from conftest import easy_images, tiny_params, write_prepared
+from conftest import REPO, easy_images, run_script, tiny_params, write_prepared
 from retfound_hpo.core.errors import CheckpointError, ConfigError
 from retfound_hpo.search.preflight import PreflightError, largest_hparams, run_preflight
 from retfound_hpo.search.workers import run_search
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -189,7 +184,7 @@ def test_no_preflight_when_nothing_is_left_to_run(tmp_path, mae_checkpoint, data
     ],
 )  # fmt: skip
 def test_the_stage_stops_in_one_line_with_the_budget_untouched(
-    tmp_path, mae_checkpoint, edit, line
+    tmp_path, mae_checkpoint, edit, line, monkeypatch, capsys
 ):
     """The issue's configuration mistakes, through stages/hpo_search.py as DVC runs it."""
     write_prepared(tmp_path / "data/prepared/train", easy_images(60))
@@ -199,16 +194,10 @@ def test_the_stage_stops_in_one_line_with_the_budget_untouched(
     raw["data"] = {"prepared_dir": "data/prepared"}
     edit(raw)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "stages/hpo_search.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(line)
-    assert "Traceback" not in proc.stderr
+    code, err = run_script(REPO / "stages/hpo_search.py", tmp_path, monkeypatch, capsys)
+    assert code == 2, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(line)
+    assert "Traceback" not in err
     db = tmp_path / "optuna" / raw["hpo"].get("study_name", "retfound_lora_search") / "study.db"
     if db.exists():
         study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
