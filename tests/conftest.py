@@ -29,6 +29,7 @@ torch.set_num_threads(_THREADS)
 SHARED = {"demo_pipeline": "pipeline", "postgres_url": "postgres", "slurm_cluster": "slurm"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
         for fixture, group in SHARED.items():
