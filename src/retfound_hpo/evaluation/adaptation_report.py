@@ -17,8 +17,9 @@ def _num(value, fmt: str = "{:.3f}") -> str:
 
 def _interval(figures: dict, metric: str) -> str:
     low, high = figures.get(f"{metric}_ci_low"), figures.get(f"{metric}_ci_high")
-    ci = f" [{_num(low)}, {_num(high)}]" if low is not None and high is not None else ""
-    return f"{_num(figures.get(metric))}{ci}"
+    if _num(low) == "n/a" or _num(high) == "n/a":  # every resample the same: no interval
+        return f"{_num(figures.get(metric))} (no interval)"
+    return f"{_num(figures.get(metric))} [{_num(low)}, {_num(high)}]"
 
 
 def _size(n_bytes) -> str:
@@ -107,6 +108,10 @@ def markdown(report: dict) -> str:
         "## Quality, with 95 % intervals (evaluate-cross-dataset's bootstrap)",
         "",
         *quality_table(arms),
+        "",
+        "A figure marked (no interval) gave the same value in every resample (kappa 0 of a "
+        "model that predicts one grade for every image): the bootstrap cannot measure its "
+        "uncertainty.",
         "",
     ]
     if vs_lora:

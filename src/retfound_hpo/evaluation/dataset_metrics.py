@@ -190,7 +190,11 @@ def dataset_metrics(
         for name in (*BOOTSTRAPPED, *BOOTSTRAPPED_REFERABLE):
             if name in boot and name in metrics:
                 b = boot[name]
-                metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = b["low"], b["high"]
+                # Every resample the same value (kappa 0 of a model that predicts one grade,
+                # AUROC 1 of a perfect separation): no interval, not a zero-width one.
+                same = b["low"] == b["high"]
+                low, high = (float("nan"),) * 2 if same else (b["low"], b["high"])
+                metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high
                 metrics[f"{name}_ci_undefined"] = b["undefined"]
                 if name in BIASED:
                     metrics[f"{name}_bootstrap_bias"] = b["mean"] - metrics[name]

@@ -62,6 +62,10 @@ def interval_notes(first: dict, resamples: int) -> list[str]:
         "over exams, AUROC of the exam's highest P(referable) with a 95 % logit interval and "
         "Obuchowski's clustered variance.",
         "- **Seeds**: see the seeds section; that interval is over training runs, not images.",
+        "- **A figure without an interval** gave the same value in every resample (kappa 0 of a "
+        "model that predicts one grade for every image, AUROC 1 of a perfect separation): the "
+        "bootstrap cannot measure its uncertainty, and a zero-width interval would claim "
+        "certainty.",
     ]
 
 
