@@ -30,6 +30,15 @@ def demo_params(**hpo) -> dict:
 def run_hpo_search(workdir: Path, params: dict) -> tuple[float, float]:
     """Run hpo-search with `params` in `workdir`; return (its peak RSS in MiB, seconds)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    # The prepared data are prepare-split's output, which must lie inside the project (the run
+    # folder): a link to the repository's (or the named copy) stands in for them.
+    params = copy.deepcopy(params)
+    link = workdir / "data" / "prepared"
+    if Path(params["data"]["prepared_dir"]).is_absolute():
+        link.parent.mkdir(exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(params["data"]["prepared_dir"], target_is_directory=True)
+        params["data"]["prepared_dir"] = "data/prepared"
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "TQDM_DISABLE": "1"}
     start = time.perf_counter()
