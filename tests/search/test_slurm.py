@@ -155,6 +155,8 @@ def test_slurm_demo_search_on_a_journal_via_dvc_exp_run(demo_pipeline, tmp_path,
     total and the same output files as the local run."""
     repo = tmp_path / "repo"
     shutil.copytree(demo_pipeline.repo, repo, symlinks=True)
+    # The state right after the first `dvc repro`, whatever experiments ran in the shared repo.
+    sh("git reset -q --hard $(git log --format=%H --grep='^run$' -n 1) && dvc checkout -f -q", repo)
     study_dir = "results/optuna/retfound_lora_search"
     local = {p.name for p in (demo_pipeline.first / study_dir).iterdir()}
     out = sh(
