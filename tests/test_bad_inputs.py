@@ -527,7 +527,8 @@ CASES = [
             {"model": VisionTransformer(32, embed_dim=96, depth=2, num_heads=2).state_dict()},
             p / "models/backbone.pth",
         ),
-        "models/backbone.pth does not fit model.arch vit_demo; wrong shapes: ['cls_token (1, 1, 96) vs",
+        "models/backbone.pth does not fit model.arch vit_demo; wrong shapes: ['cls_token (1, 1, "
+        "96) vs",
     ),
     Case(
         "checkpoint_is_a_folder",
