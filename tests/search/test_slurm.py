@@ -149,6 +149,7 @@ def assert_whole(study: optuna.Study, n_trials: int) -> None:
     assert [t.number for t in study.trials] == list(range(len(study.trials)))
 
 
+@pytest.mark.slow  # a SLURM array that trains for real: the full test command runs it
 @pytest.mark.timeout(300)
 def test_slurm_demo_search_on_a_journal_via_dvc_exp_run(demo_pipeline, tmp_path, slurm_cluster):
     """Done-when: `dvc exp run -S hpo.launcher=slurm` finishes the demo search with the exact
@@ -227,6 +228,7 @@ def in_thread(params, data):
     return thread, result
 
 
+@pytest.mark.slow  # a SLURM array that trains for real: the full test command runs it
 @pytest.mark.timeout(400)
 def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
     tmp_path, mae_checkpoint, slurm_cluster, postgres_url, request

@@ -65,6 +65,7 @@ def pids(study: optuna.Study) -> set[str]:
     return {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
 
 
+@pytest.mark.slow  # worker processes that train for real: the full test command runs it
 @pytest.mark.parametrize("n_workers", [2, 4])
 def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers):
     # Trials of a few seconds: long against the gap between the workers' start-ups.
@@ -76,6 +77,7 @@ def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers)
     assert len(pids(study)) >= 2  # the trials really were shared out
 
 
+@pytest.mark.slow  # worker processes that train for real: the full test command runs it
 def test_raising_n_trials_resumes_with_several_workers(tmp_path, mae_checkpoint):
     params = worker_params(tmp_path, mae_checkpoint, n_trials=2, n_workers=2)
     first = [(t.number, t.params) for t in run_search(params, *prepared(params))[0].trials]
@@ -96,6 +98,7 @@ def wait_for_running_trial(params, timeout: float = 120) -> optuna.trial.FrozenT
     raise AssertionError("no trial got to its second epoch")
 
 
+@pytest.mark.slow  # worker processes that train for real: the full test command runs it
 @pytest.mark.parametrize("retries", [0, 1])
 def test_sigkill_of_one_worker_leaves_the_others_and_the_totals_right(
     tmp_path, mae_checkpoint, retries
@@ -171,6 +174,7 @@ def load_or_none(params):
 # --- PostgreSQL: several machines share a server; here, processes share one on loopback ----------
 
 
+@pytest.mark.slow  # worker processes that train for real: the full test command runs it
 def test_postgres_workers_and_a_joining_worker_run_exactly_n_trials(
     tmp_path, mae_checkpoint, postgres_url
 ):
