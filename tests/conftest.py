@@ -116,6 +116,22 @@ def write_prepared(folder, images) -> None:
     )
 
 
+def repo_params(tmp_path: Path, **edits) -> Path:
+    """The repository's params.yaml with `section__key=value` edits, written to tmp_path."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in edits.items():
+        *parents, last = dotted.split("__")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def run_cmd(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a shell command with the venv's tools on PATH; its exit status and output."""
     env = {

@@ -3,29 +3,14 @@ never holds another stage's outputs or an input; dvc.yaml's outputs follow the p
 
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import REPO, repo_params
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params_yaml import load_params
 
-REPO = Path(__file__).resolve().parents[2]
 DATASET = {"name": "other", "format": "messidor", "csv": "x.csv", "images": "imgs"}
-
-
-def params_with(tmp_path, **sections) -> Path:
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    for dotted, value in sections.items():
-        *parents, last = dotted.split("__")
-        node = data
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -42,20 +27,20 @@ def params_with(tmp_path, **sections) -> Path:
 def test_a_dataset_name_is_a_plain_name(tmp_path, name, problem):
     datasets = [{**DATASET, "name": name}]
     with pytest.raises(ConfigError, match=re.escape(f"evaluate.datasets[0].name: {name!r}")) as e:
-        load_params(params_with(tmp_path, evaluate__datasets=datasets))
+        load_params(repo_params(tmp_path, evaluate__datasets=datasets))
     assert problem in str(e.value)
 
 
 def test_dataset_names_are_unique(tmp_path):
     datasets = [DATASET, {**DATASET, "csv": "y.csv"}]
     with pytest.raises(ConfigError, match=re.escape("evaluate.datasets[1].name: 'other'")):
-        load_params(params_with(tmp_path, evaluate__datasets=datasets))
+        load_params(repo_params(tmp_path, evaluate__datasets=datasets))
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "", "search@1a2b3c4d"])
 def test_a_study_name_is_a_plain_name(tmp_path, name):
     with pytest.raises(ConfigError, match=re.escape(f"hpo.study_name: {name!r} is not allowed")):
-        load_params(params_with(tmp_path, hpo__study_name=name))
+        load_params(repo_params(tmp_path, hpo__study_name=name))
 
 
 @pytest.mark.parametrize(
@@ -78,21 +63,21 @@ def test_a_study_name_is_a_plain_name(tmp_path, name):
 def test_an_output_folder_stays_inside_the_project_on_its_own(tmp_path, key, value, problem):
     dotted = key.replace("__", ".")
     with pytest.raises(ConfigError, match=re.escape(f"{dotted}: {value!r} is not allowed")) as e:
-        load_params(params_with(tmp_path, **{key: value}))
+        load_params(repo_params(tmp_path, **{key: value}))
     assert problem in str(e.value)
 
 
 def test_an_absolute_folder_inside_the_project_is_fine(tmp_path):
     """The project is where params.yaml is: absolute paths inside it are the same folders."""
-    params = load_params(params_with(tmp_path, hpo__output_dir=str(tmp_path / "optuna")))
+    params = load_params(repo_params(tmp_path, hpo__output_dir=str(tmp_path / "optuna")))
     assert params.hpo.study_dir == tmp_path / "optuna/retfound_lora_search"
 
 
 def test_real_data_may_not_live_in_the_demo_folder(tmp_path):
     """With the demo on, its labels and images are prepare-split's outputs; with it off, data
     inside data.demo.out_dir would be replaced by the next demo run."""
-    load_params(params_with(tmp_path))  # the committed demo params
-    path = params_with(tmp_path, data__demo__enabled=False)
+    load_params(repo_params(tmp_path))  # the committed demo params
+    path = repo_params(tmp_path, data__demo__enabled=False)
     with pytest.raises(ConfigError, match=re.escape("data.demo.out_dir: 'data/demo'")) as e:
         load_params(path)
     assert "it holds data.csv" in str(e.value)
@@ -120,7 +105,7 @@ def test_dvc_yaml_outputs_follow_the_path_params(tmp_path):
         assert f"${{{key}}}" in text, key
     assert "results/optuna" not in text and "models/best_model" not in text
     sections = {k.replace(".", "__"): v for k, v in PATH_PARAMS.items()}
-    params_with(tmp_path, **sections)
+    repo_params(tmp_path, **sections)
     (tmp_path / "dvc.yaml").write_text(text)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     Repo.init(tmp_path)

@@ -3,29 +3,19 @@ training recipe follow, any value given wins, and what cannot work stops in one 
 
 import logging
 import re
-from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import repo_params
 from retfound_hpo.core.errors import ConfigError
 from retfound_hpo.core.params_yaml import load_params
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def load_with(tmp_path, **changes):
     """The repository's params.yaml with `changes` ("model.adaptation": "full", ...)."""
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return load_params(path)
+    return load_params(
+        repo_params(tmp_path, **{k.replace(".", "__"): v for k, v in changes.items()})
+    )
 
 
 RECIPE = ("augment", "random_erasing", "warmup_epochs", "label_smoothing", "layer_decay")

@@ -2,7 +2,6 @@
 search leaves behind when something goes wrong: one line, nothing overwritten, nothing empty."""
 
 import os
-import runpy
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from conftest import (
     REPO,
     easy_images,
     fingerprint_of,
-    follow_captured_stderr,
+    run_script,
     tiny_params,
     write_outputs,
     write_prepared,
@@ -227,24 +226,13 @@ def stage_project(tmp_path, checkpoint, **hpo) -> Path:
     return tmp_path / "optuna" / "retfound_lora_search"
 
 
-def run_stage_here(capsys) -> tuple[int, str]:
-    """stages/hpo_search.py as DVC runs it, in this process: (exit code, stderr)."""
-    follow_captured_stderr()
-    try:
-        runpy.run_path(str(REPO / "stages/hpo_search.py"), run_name="__main__")
-        code = 0
-    except SystemExit as end:
-        code = end.code
-    return code, capsys.readouterr().err
-
-
 def test_ctrl_c_in_the_last_trial_is_one_line_and_the_rerun_finishes_the_budget(
     tmp_path, mae_checkpoint, monkeypatch, capsys
 ):
     import retfound_hpo.training.hparams as hparams_module
 
     out = stage_project(tmp_path, mae_checkpoint, num_epochs=1, n_trials=1)
-    monkeypatch.chdir(tmp_path)
+    stage = REPO / "stages/hpo_search.py"  # as DVC runs it, in this process
     real_fit, calls = hparams_module.fit, []
 
     def fit_interrupted_in_the_last_trial(*args, **kwargs):
@@ -254,15 +242,14 @@ def test_ctrl_c_in_the_last_trial_is_one_line_and_the_rerun_finishes_the_budget(
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(hparams_module, "fit", fit_interrupted_in_the_last_trial)
-    code, err = run_stage_here(capsys)
+    code, err = run_script(stage, tmp_path, monkeypatch, capsys)
     assert code == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted: a trial cut off is recorded FAIL")
     table = pd.read_csv(out / "trials.csv")  # written also after Ctrl-C
     assert list(table["state"]) == ["FAIL"]
     assert table.loc[0, "fail_reason"] == ("interrupted (Ctrl-C) (not counted toward hpo.n_trials)")
     monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
-    code, _ = run_stage_here(capsys)
+    code, _ = run_script(stage, tmp_path, monkeypatch, capsys)
     assert code == 0
     table = pd.read_csv(out / "trials.csv")
     assert list(table["state"]) == ["FAIL", "COMPLETE"]  # the budget, exactly
