@@ -125,7 +125,7 @@ def grade_images(
             bar.update(len(chunk))
     gradable = np.array([not r for r in reasons], dtype=bool)  # (N,)
     graded = np.concatenate(probs) if probs else None  # (N gradable, C)
-    num_classes = graded.shape[1] if probs else model_classes(model)
+    num_classes = graded.shape[1] if probs else model.get_classifier().out_features
     full = np.full((len(paths), num_classes), np.nan)  # (N, C), NaN where ungradable
     if probs:
         full[gradable] = graded
@@ -136,11 +136,6 @@ def grade_images(
     out["ungradable"] = ~gradable
     out["reason"] = reasons
     return out
-
-
-def model_classes(model: nn.Module) -> int:
-    """Output classes of a timm classifier, a PEFT wrapper around one, or a merged export."""
-    return int(model.get_classifier().out_features)
 
 
 def check_output(output: str | Path) -> None:
