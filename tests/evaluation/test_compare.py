@@ -27,6 +27,7 @@ from retfound_hpo.evaluation.paired import (
     paired_comparison,
     paired_predictions,
 )
+from retfound_hpo.metrics import bootstrap
 from retfound_hpo.metrics.delong import delong_test, holm
 
 METRICS = (
@@ -77,9 +78,10 @@ def sklearn_metrics(y, probs, decisions) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("unit", ["image", "patient"])
-def test_paired_bootstrap_matches_a_brute_force_loop(unit):
+def test_paired_bootstrap_matches_a_brute_force_loop(unit, monkeypatch):
+    monkeypatch.setattr(bootstrap, "RESAMPLE_CHUNK", 16)  # several chunks, the last one short
     y, pa, pb = graded(100)
-    n, n_resamples, seed = len(y), 130, 7  # 130: more than one vectorised chunk
+    n, n_resamples, seed = len(y), 50, 7
     # patients: both eyes of patient k are images 2k and 2k+1
     patients = np.array([f"p{i // 2}" for i in range(n)]) if unit == "patient" else None
     paired = pair(y, pa, pb, patients)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, follow_captured_stderr
+from conftest import REPO, follow_captured_stderr, run_main
 from retfound_hpo.core.errors import CheckpointError
 from retfound_hpo.core.params import ModelConfig
 from retfound_hpo.data.demo.render import CAMERA_A, CAMERA_B, render_fundus
@@ -96,21 +96,15 @@ def test_predict_matches_evaluate(tmp_path, model_dir, new_images):
     np.testing.assert_allclose(from_csv[PROBS], predicted[PROBS], atol=2e-6)
 
 
-def run_predict(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "retfound_hpo.evaluation.predict", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def test_unreadable_image_is_one_line_error(tmp_path, model_dir, new_images):
+def test_unreadable_image_is_one_line_error(tmp_path, model_dir, new_images, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
     Image.open(next(new_images.glob("*.png"))).save(folder / "a_good.png")
     (folder / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out.csv"
-    proc = run_predict(model_dir, folder, out)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    error = proc.stderr.strip().splitlines()[-1]
+    code, stderr = run_main(predict_main, [str(model_dir), str(folder), str(out)], capsys)
+    assert code == 2, stderr
+    error = stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: {folder / 'b_broken.png'}: cannot read image")
     assert not out.exists()  # nothing half-written
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import easy_images, fingerprint_of, tiny_params, write_outputs
+from conftest import easy_images, fingerprint_of, run_script, tiny_params, write_outputs
 from retfound_hpo.search.budget import counted_trials
 from retfound_hpo.search.study import open_study
 from retfound_hpo.search.workers import run_search
@@ -322,16 +322,10 @@ def test_other_metrics_are_the_objective(tmp_path, mae_checkpoint, data):
     assert table["best_val_kappa"].iloc[0] == pytest.approx(trial.value)
 
 
-def test_bad_params_stop_the_stage_with_one_line(tmp_path):
+def test_bad_params_stop_the_stage_with_one_line(tmp_path, monkeypatch, capsys):
     repo = Path(__file__).resolve().parents[2]
     text = (repo / "params.yaml").read_text().replace("n_trials: 12", "n_trials: -3")
     (tmp_path / "params.yaml").write_text(text)
-    proc = subprocess.run(
-        [sys.executable, str(repo / "stages/hpo_search.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: hpo.n_trials: -3 is not allowed; must be >= 1"
+    code, stderr = run_script(repo / "stages/hpo_search.py", tmp_path, monkeypatch, capsys)
+    assert code == 2
+    assert stderr.strip() == "error: hpo.n_trials: -3 is not allowed; must be >= 1"

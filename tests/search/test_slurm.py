@@ -214,6 +214,20 @@ def running_trial_of_a_task(params):
     return find
 
 
+def frozen_mid_trial(params, find, what: str):
+    """A running trial whose task is stopped (SIGSTOP) mid-trial: scancel's SIGCONT and SIGTERM
+    then land in that trial, however loaded the machine (a short trial could otherwise finish
+    before the signal arrives)."""
+    while True:
+        trial = wait_for(find, what=what)
+        task = trial.user_attrs["slurm_task"]
+        subprocess.run(["scancel", "--batch", "--signal=STOP", task], check=True)
+        time.sleep(1)  # the signal travels through slurmctld and slurmd
+        if load(params).trials[trial.number].state == TrialState.RUNNING:
+            return trial
+        subprocess.run(["scancel", "--batch", "--signal=CONT", task], check=True)  # too late
+
+
 def in_thread(params, data):
     result = {}
 
@@ -250,7 +264,7 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
     make_storage(params.hpo)  # its tables, before this test and the stage both poll it
     thread, result = in_thread(params, data)
     request.addfinalizer(lambda: subprocess.run(["scancel", "-n", job_name(params)]))
-    victim = wait_for(running_trial_of_a_task(params), what="a task's trial in its 2nd epoch")
+    victim = frozen_mid_trial(params, running_trial_of_a_task(params), "a task's 2nd epoch")
     subprocess.run(["scancel", victim.user_attrs["slurm_task"]], check=True)
 
     def one_done_and_another_running():
@@ -258,7 +272,7 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
         done = load(params).get_trials(states=(TrialState.COMPLETE,))
         return t if done and t is not None and t.number != victim.number else None
 
-    wait_for(one_done_and_another_running, what="a completed trial and another running")
+    frozen_mid_trial(params, one_done_and_another_running, "a completed trial and another running")
     job = victim.user_attrs["slurm_task"].split("_")[0]
     subprocess.run(["scancel", job], check=True)
     thread.join(timeout=120)

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from conftest import (
     easy_images,
     fingerprint_of,
+    run_main,
     tiny_params,
     write_outputs,
     write_prepared,
@@ -24,6 +25,7 @@ from conftest import (
 from retfound_hpo.search.budget import counted_trials
 from retfound_hpo.search.strategy import FINISHED
 from retfound_hpo.search.study import open_study
+from retfound_hpo.search.workers import main as worker_main
 from retfound_hpo.search.workers import run_search
 from retfound_hpo.training.inputs import load_cached
 
@@ -66,10 +68,10 @@ def pids(study: optuna.Study) -> set[str]:
 
 
 @pytest.mark.slow  # worker processes that train for real: the full test command runs it
-@pytest.mark.parametrize("n_workers", [2, 4])
-def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers):
-    # Trials of a few seconds: long against the gap between the workers' start-ups.
-    params = worker_params(tmp_path, mae_checkpoint, n_train=400, n_trials=5, n_workers=n_workers)
+def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint):
+    # Three workers on two cores: they contend for the slot lock and the cores. Trials of a few
+    # seconds: long against the gap between the workers' start-ups.
+    params = worker_params(tmp_path, mae_checkpoint, n_train=400, n_trials=5, n_workers=3)
     study, interrupted = run_search(params, *prepared(params))
     assert not interrupted
     assert_exact_totals(study, 5)
@@ -79,11 +81,12 @@ def test_local_workers_run_exactly_n_trials(tmp_path, mae_checkpoint, n_workers)
 
 @pytest.mark.slow  # worker processes that train for real: the full test command runs it
 def test_raising_n_trials_resumes_with_several_workers(tmp_path, mae_checkpoint):
-    params = worker_params(tmp_path, mae_checkpoint, n_trials=2, n_workers=2)
+    params = worker_params(tmp_path, mae_checkpoint, n_trials=2)  # in this process
     first = [(t.number, t.params) for t in run_search(params, *prepared(params))[0].trials]
-    params = worker_params(tmp_path, mae_checkpoint, n_trials=3, n_workers=2)
+    params = worker_params(tmp_path, mae_checkpoint, n_trials=4, n_workers=2)
     study, _ = run_search(params, *prepared(params))
-    assert_exact_totals(study, 3)
+    assert_exact_totals(study, 4)
+    assert len(pids(study) - {f"{socket.gethostname()}:{os.getpid()}"}) >= 1  # spawned ones ran
     assert [(t.number, t.params) for t in study.trials[:2]] == first
 
 
@@ -146,21 +149,11 @@ def test_sigkill_of_one_worker_leaves_the_others_and_the_totals_right(
         assert not retried
 
 
-def test_worker_command_needs_an_existing_study(tmp_path, mae_checkpoint):
+def test_worker_command_needs_an_existing_study(tmp_path, mae_checkpoint, capsys):
     params = worker_params(tmp_path, mae_checkpoint)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "retfound_hpo.search.workers",
-            "--params",
-            str(tmp_path / "params.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: hpo.study_name: no study")
+    code, stderr = run_main(worker_main, ["--params", str(tmp_path / "params.yaml")], capsys)
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith("error: hpo.study_name: no study")
     assert not load_or_none(params)
 
 

@@ -81,9 +81,8 @@ def optimize_one(study: optuna.Study, objective, callback, worker_index: int) ->
     """One trial. If another worker failed it meanwhile (its heartbeat came too late, e.g. on
     an overloaded machine), Optuna cannot record its end: that trial is lost, not the worker."""
     try:
-        study.optimize(
-            objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=[callback]
-        )
+        # gc_after_trial off: the objective frees the trial's memory itself, where it matters
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[callback])
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
         if not isinstance(err, optuna.exceptions.UpdateFinishedTrialError) and (
             "Cannot tell a" not in str(err)

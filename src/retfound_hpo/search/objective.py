@@ -113,8 +113,8 @@ def make_objective(
             keep_trial_artifacts(trial, hpo.study_dir, progress, val.grades, adapter)
             tracking.finish(run)
             del model
-            gc.collect()  # release memory now: an OOM trial must not starve the next one
-            if torch.cuda.is_available():
+            if torch.cuda.is_available():  # an OOM trial's tensors must not starve the next one
+                gc.collect()  # cycles (e.g. a traceback's frames) may hold CUDA memory
                 torch.cuda.empty_cache()
         trial.set_user_attr("trainable_params", trainable)
         trial.set_user_attr("images_per_second", round(result.images_per_second, 1))

@@ -124,8 +124,8 @@ def run_preflight(
         ) from None
     finally:
         del model
-        gc.collect()
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # the first trial gets the memory the step took
+            gc.collect()
             torch.cuda.empty_cache()
     log.info(
         "preflight passed: one training step of %s and one validation batch on %s in %.1f s",
