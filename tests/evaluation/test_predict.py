@@ -159,6 +159,7 @@ def test_bad_model_dir_and_input_are_one_line_errors(tmp_path, model_dir, new_im
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a second Python process: the full test command runs it
 def test_adapter_reloads_in_fresh_process(tmp_path, model_dir):
     expected = logits(load_trained_model(model_dir)[0])
     # What a user of models/best_model does: plain peft on the backbone its config describes.

@@ -13,6 +13,9 @@ from PIL import Image
 from retfound_hpo.reporting import png
 from retfound_hpo.reporting.report import write_report
 
+# One xdist worker builds the module's report fixture once, not each worker its own.
+pytestmark = pytest.mark.xdist_group("report")
+
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SPACE = {

@@ -7,6 +7,9 @@ from test_report import NUM_EPOCHS, SPACE, assert_valid_plots, section, table
 
 from retfound_hpo.reporting.report import write_report
 
+# One xdist worker builds the module's report fixture once, not each worker its own.
+pytestmark = pytest.mark.xdist_group("report_multi_objective")
+
 ALPHA = "lora_alpha|lora_r=16/32"  # Optuna's name for a conditional parameter
 
 

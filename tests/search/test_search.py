@@ -214,6 +214,7 @@ def test_trials_record_hparams_throughput_and_memory(tmp_path, mae_checkpoint, d
     assert row["lora_targets"] == "qkv,proj,fc1,fc2" and row["peak_memory_mb"] > 0
 
 
+@pytest.mark.slow  # a search process killed for real: the full test command runs it
 def test_kill_9_in_the_last_trial_then_resume(tmp_path, mae_checkpoint, data):
     """A search killed with SIGKILL in its last trial keeps its completed trials; the next run
     fails the cut-off trial before counting (it is not counted) and finishes the budget."""
