@@ -200,21 +200,32 @@ def load(params) -> optuna.Study:
     return optuna.load_study(study_name=params.hpo.study_name, storage=make_storage(params.hpo))
 
 
-def running_trial_of_a_task(params):
-    def find():
-        try:
-            study = load(params)
-        except KeyError:  # not created yet
-            return None
-        for t in study.get_trials(states=(TrialState.RUNNING,)):
+class Watcher:
+    """The study as the test polls it, over one storage connection: a new connection per look
+    took seconds on a loaded machine, long enough for a short trial to pass unseen."""
+
+    def __init__(self, params):
+        self.name, self.storage = params.hpo.study_name, make_storage(params.hpo)
+        self.study = None
+
+    def trials(self, *states: TrialState) -> list:
+        if self.study is None:
+            try:
+                self.study = optuna.load_study(study_name=self.name, storage=self.storage)
+            except KeyError:  # not created yet
+                return []
+        return self.study.get_trials(states=states or None)
+
+    def mid_trial(self, but: int | None = None):
+        """A task's trial in its 2nd epoch or later (other than trial `but`), or None."""
+        for t in self.trials(TrialState.RUNNING):
             if "slurm_task" in t.user_attrs and t.user_attrs.get("epochs_run", 0) >= 1:
-                return t
+                if t.number != but:
+                    return t
         return None
 
-    return find
 
-
-def frozen_mid_trial(params, find, what: str):
+def frozen_mid_trial(watch: Watcher, find, what: str):
     """A running trial whose task is stopped (SIGSTOP) mid-trial: scancel's SIGCONT and SIGTERM
     then land in that trial, however loaded the machine (a short trial could otherwise finish
     before the signal arrives)."""
@@ -223,7 +234,7 @@ def frozen_mid_trial(params, find, what: str):
         task = trial.user_attrs["slurm_task"]
         subprocess.run(["scancel", "--batch", "--signal=STOP", task], check=True)
         time.sleep(1)  # the signal travels through slurmctld and slurmd
-        if load(params).trials[trial.number].state == TrialState.RUNNING:
+        if watch.trials()[trial.number].state == TrialState.RUNNING:
             return trial
         subprocess.run(["scancel", "--batch", "--signal=CONT", task], check=True)  # too late
 
@@ -264,15 +275,14 @@ def test_slurm_cancelled_task_then_array_then_rerun_on_postgresql(
     make_storage(params.hpo)  # its tables, before this test and the stage both poll it
     thread, result = in_thread(params, data)
     request.addfinalizer(lambda: subprocess.run(["scancel", "-n", job_name(params)]))
-    victim = frozen_mid_trial(params, running_trial_of_a_task(params), "a task's 2nd epoch")
+    watch = Watcher(params)
+    victim = frozen_mid_trial(watch, watch.mid_trial, "a task's trial in its 2nd epoch")
     subprocess.run(["scancel", victim.user_attrs["slurm_task"]], check=True)
 
     def one_done_and_another_running():
-        t = running_trial_of_a_task(params)()
-        done = load(params).get_trials(states=(TrialState.COMPLETE,))
-        return t if done and t is not None and t.number != victim.number else None
+        return watch.trials(TrialState.COMPLETE) and watch.mid_trial(but=victim.number)
 
-    frozen_mid_trial(params, one_done_and_another_running, "a completed trial and another running")
+    frozen_mid_trial(watch, one_done_and_another_running, "a completed trial and another running")
     job = victim.user_attrs["slurm_task"].split("_")[0]
     subprocess.run(["scancel", job], check=True)
     thread.join(timeout=120)
