@@ -96,17 +96,23 @@ def test_predict_matches_evaluate(tmp_path, model_dir, new_images):
     np.testing.assert_allclose(from_csv[PROBS], predicted[PROBS], atol=2e-6)
 
 
-def test_unreadable_image_is_one_line_error(tmp_path, model_dir, new_images, capsys):
+def test_an_unreadable_image_is_flagged_and_the_others_graded(
+    tmp_path, model_dir, new_images, capsys, caplog
+):
     folder = tmp_path / "images"
     folder.mkdir()
     Image.open(next(new_images.glob("*.png"))).save(folder / "a_good.png")
     (folder / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out.csv"
     code, stderr = run_main(predict_main, [str(model_dir), str(folder), str(out)], capsys)
-    assert code == 2, stderr
-    error = stderr.strip().splitlines()[-1]
-    assert error.startswith(f"error: {folder / 'b_broken.png'}: cannot read image")
-    assert not out.exists()  # nothing half-written
+    assert code == 0, stderr
+    table = pd.read_csv(out, keep_default_na=False).set_index("id")
+    assert table.loc["a_good", "ungradable"] == False and table.loc["a_good", "pred_grade"] != ""  # noqa: E712
+    broken = table.loc["b_broken"]
+    assert broken["ungradable"] == True and broken["pred_grade"] == ""  # noqa: E712
+    assert broken["reason"].startswith("cannot read image (")
+    warning = f"{folder / 'b_broken.png'}: ungradable, no grade given (cannot read image"
+    assert warning in caplog.text
 
 
 def test_what_cannot_be_a_photograph_is_flagged_ungradable_not_graded(

@@ -41,10 +41,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CHUNK_IMAGES = 512  # preprocessed then graded at a time: memory stays flat on large folders
 
 
-class UnreadableImageError(DatasetError):
-    """An input image that cannot be decoded; the message names the file."""
-
-
 def list_images(source: str | Path) -> pd.DataFrame:
     """Table `id, path` of the images to grade, from a folder or a CSV with a `path` column."""
     source = Path(source)
@@ -88,13 +84,14 @@ def load_model(model_dir: str | Path) -> tuple[nn.Module, dict]:
 
 
 def _preprocess(path: str, size: int) -> np.ndarray | str:
-    """The model's input for one image, or why it cannot be graded (not a fundus photograph)."""
+    """The model's input for one image, or why it cannot be graded: not a fundus photograph,
+    or not an image at all (one corrupt file among thousands must not stop the rest)."""
     try:
         return preprocess_image(path, size)
     except NoRetinaError as err:
         return str(err)
     except Exception as err:  # PIL raises OSError, ValueError, DecompressionBombError, ...
-        raise UnreadableImageError(f"{path}: cannot read image ({err})") from None
+        return f"cannot read image ({err})"
 
 
 def grade_images(
