@@ -166,17 +166,15 @@ def follow_captured_stderr() -> None:
                     handler.formatter.stream = sys.stderr
 
 
-def run_script(script: Path, cwd: Path, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
-    """Run a stage script (or a console command's module) in this process, as `python script
-    argv...` from `cwd` would: its exit code and stderr. Seconds faster than a subprocess, which
-    imports torch and the rest again; use a subprocess only where the process itself matters."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a console command's main(argv) in this process: its exit code and stderr. Seconds
+    faster than a subprocess, which imports torch and the rest again; use a subprocess only
+    where the process itself matters."""
     capsys.readouterr()
     follow_captured_stderr()
     code, message = 0, ""
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        main(argv)
     except SystemExit as stop:
         if isinstance(stop.code, str):  # sys.exit("...") prints it and exits 1
             code, message = 1, stop.code + "\n"
@@ -185,16 +183,12 @@ def run_script(script: Path, cwd: Path, monkeypatch, capsys, *argv: str) -> tupl
     return code, capsys.readouterr().err + message
 
 
-def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
-    """Run a console command's main(argv) in this process: its exit code and stderr."""
-    capsys.readouterr()
-    follow_captured_stderr()
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    return code, capsys.readouterr().err
+def run_script(script: Path, cwd: Path, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    """Run a stage script (or a console command's module) in this process, as `python script
+    argv...` from `cwd` would (see run_main)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    return run_main(lambda _: runpy.run_path(str(script), run_name="__main__"), [], capsys)
 
 
 def copy_repo(dest: Path) -> None:

@@ -218,11 +218,9 @@ class Watcher:
 
     def mid_trial(self, but: int | None = None):
         """A task's trial in its 2nd epoch or later (other than trial `but`), or None."""
-        for t in self.trials(TrialState.RUNNING):
-            if "slurm_task" in t.user_attrs and t.user_attrs.get("epochs_run", 0) >= 1:
-                if t.number != but:
-                    return t
-        return None
+        running = self.trials(TrialState.RUNNING)
+        started = [t for t in running if "slurm_task" in t.user_attrs and t.number != but]
+        return next((t for t in started if t.user_attrs.get("epochs_run", 0) >= 1), None)
 
 
 def frozen_mid_trial(watch: Watcher, find, what: str):

@@ -8,7 +8,6 @@ dict with `storage_tokens`, `ls1.gamma`, RoPE periods), converted by timm's own 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import math
 import re
@@ -165,20 +164,14 @@ def _mismatch(state: dict, own: dict, pooling: Pooling, grid: bool = True) -> tu
     return wrong_shape, missing, unexpected
 
 
-@functools.cache
-def _meta_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """An arch's backbone keys and shapes, without weights (built once per process)."""
-    with torch.device("meta"):
-        return build_backbone(ModelConfig(arch=arch)).state_dict()
-
-
 def fitting_archs(state: dict[str, torch.Tensor]) -> list[str]:
     """The archs whose backbone an encoder state dict fits (names and shapes, any grid)."""
+    encoder = {k: v for k, v in state.items() if not k.startswith("head.")}
     fits = []
     for arch, pooling in POOLING.items():
-        own = _meta_state_dict(arch)
-        head = {k: v for k, v in state.items() if not k.startswith("head.")}
-        if not any(_mismatch(head, own, pooling, grid=False)):
+        with torch.device("meta"):  # names and shapes only
+            own = build_backbone(ModelConfig(arch=arch)).state_dict()
+        if not any(_mismatch(encoder, own, pooling, grid=False)):
             fits.append(arch)
     return fits
 

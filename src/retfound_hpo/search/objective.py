@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
@@ -18,7 +17,7 @@ from retfound_hpo.search import tracking
 from retfound_hpo.search.strategy import pruning_signal
 from retfound_hpo.search.suggest import suggest_hparams
 from retfound_hpo.search.trial_artifacts import keep_trial_artifacts
-from retfound_hpo.training.device import is_out_of_memory, peak_memory_mb
+from retfound_hpo.training.device import is_out_of_memory, peak_memory_mb, release_gpu_memory
 from retfound_hpo.training.hparams import resolve_hparams, train_with_hparams
 from retfound_hpo.training.inputs import CachedImages
 from retfound_hpo.training.loop import FitResult, NonFiniteLossError
@@ -113,9 +112,7 @@ def make_objective(
             keep_trial_artifacts(trial, hpo.study_dir, progress, val.grades, adapter)
             tracking.finish(run)
             del model
-            if torch.cuda.is_available():  # an OOM trial's tensors must not starve the next one
-                gc.collect()  # cycles (e.g. a traceback's frames) may hold CUDA memory
-                torch.cuda.empty_cache()
+            release_gpu_memory()  # an OOM trial's tensors must not starve the next one
         trial.set_user_attr("trainable_params", trainable)
         trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
         trial.set_user_attr("peak_memory_mb", round(peak_memory_mb(device_type), 1))

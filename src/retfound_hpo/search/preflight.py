@@ -12,17 +12,15 @@ stage in one line and records no trial.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from retfound_hpo.core.errors import ConfigError, UserError
 from retfound_hpo.core.params import HpoConfig, ModelConfig, TrainConfig
-from retfound_hpo.training.device import is_out_of_memory, resolve_device
+from retfound_hpo.training.device import is_out_of_memory, release_gpu_memory, resolve_device
 from retfound_hpo.training.hparams import resolve_hparams, train_with_hparams
 from retfound_hpo.training.inputs import CachedImages
 from retfound_hpo.training.loop import NonFiniteLossError
@@ -124,9 +122,7 @@ def run_preflight(
         ) from None
     finally:
         del model
-        if torch.cuda.is_available():  # the first trial gets the memory the step took
-            gc.collect()
-            torch.cuda.empty_cache()
+        release_gpu_memory()  # the first trial gets the memory the step took
     log.info(
         "preflight passed: one training step of %s and one validation batch on %s in %.1f s",
         shown,
